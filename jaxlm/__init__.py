@@ -1,0 +1,1 @@
+"""jaxlm: BERT in JAX/Flax."""

@@ -1,0 +1,281 @@
+"""The Transformer encoder: frozen config, attention, feed-forward, encoder layer and stack.
+
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) and every
+large activation a logical constraint (`activation_batch`, `activation_length`, ...); `jaxlm.sharding`
+maps both onto the mesh. Modules receive only the frozen `TransformerConfig`, never the run config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Hugging Face `hidden_act` names -> jax functions. BERT's "gelu" is the exact erf form.
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+# Logical names of activations (parameters use `vocab`, `embed`, `heads`, `kv`, `mlp`, ...).
+BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB = (
+    "activation_batch",
+    "activation_length",
+    "activation_embed",
+    "activation_heads",
+    "activation_kv",
+    "activation_mlp",
+    "activation_vocab",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyperparameters of a BERT-style encoder. Variants come from `dataclasses.replace`."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    initializer_range: float = 0.02
+    pre_layer_norm: bool = False  # False: post-LN as in BERT; True: pre-LN with a final LayerNorm.
+    dtype: Any = jnp.float32  # compute dtype; LayerNorm, softmax and losses stay float32
+    param_dtype: Any = jnp.float32
+    remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
+    scan_layers: bool = False
+    # 'auto': jax.nn.dot_product_attention where attention dropout is off (cuDNN on GPU for bf16/fp16),
+    # the explicit softmax + dropout path otherwise. 'explicit' always takes the explicit path.
+    attention: Literal["auto", "explicit"] = "auto"
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"model.hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+def dense_init(config: TransformerConfig, names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
+
+
+def zeros_init(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, computed in float32 whatever the compute dtype, cast back after."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+            (x.shape[-1],), cfg.param_dtype,
+        )
+        bias = self.param("bias", zeros_init(("embed",)), (x.shape[-1],), cfg.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(cfg.dtype)
+
+
+def attention_mask(attention_mask: Array, segment_ids: Array | None = None) -> Array:
+    """(batch, length) padding mask [+ packed segment ids] -> boolean (batch, 1, q_length, kv_length)."""
+    keep = attention_mask.astype(bool)[:, None, None, :]  # (batch, 1, 1, kv)
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (batch, q, kv)
+        keep = keep & same[:, None, :, :]
+    return keep
+
+
+def explicit_attention(q, k, v, mask, *, dropout_rate, dropout_rng, deterministic):
+    """softmax(QK^T / sqrt(d_k)) V with attention dropout; softmax in float32.
+
+    q, k, v: (batch, length, heads, head_dim); mask: boolean, broadcastable to (batch, heads, q, kv).
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale  # (batch, heads, q, kv)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if not deterministic and dropout_rate > 0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)  # (batch, q, heads, head_dim)
+
+
+def fused_attention(q, k, v, mask):
+    """jax.nn.dot_product_attention: cuDNN on GPU for 16-bit inputs, XLA elsewhere. No dropout."""
+    implementation = None
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        implementation = "cudnn"
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate Q/K/V projections and an output projection."""
+
+    config: TransformerConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> Array:
+        cfg = self.config
+        proj = functools.partial(
+            nn.DenseGeneral,
+            features=(cfg.num_heads, cfg.head_dim),
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            kernel_init=dense_init(cfg, ("embed", "heads", "kv")),
+            bias_init=zeros_init(("heads", "kv")),
+        )
+        q, k, v = (proj(name=n)(x) for n in ("query", "key", "value"))  # (batch, length, heads, head_dim)
+        q, k, v = (nn.with_logical_constraint(t, (BATCH, LENGTH, HEADS, KV)) for t in (q, k, v))
+
+        dropout_active = not self.deterministic and cfg.attention_dropout > 0
+        if cfg.attention == "explicit" or dropout_active:
+            rng = self.make_rng("dropout") if dropout_active else None
+            ctx = explicit_attention(
+                q, k, v, mask, dropout_rate=cfg.attention_dropout, dropout_rng=rng,
+                deterministic=self.deterministic,
+            )
+        else:
+            ctx = fused_attention(q, k, v, mask)
+        ctx = nn.with_logical_constraint(ctx, (BATCH, LENGTH, HEADS, KV))
+        out = nn.DenseGeneral(
+            features=cfg.hidden_size,
+            axis=(-2, -1),
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            kernel_init=dense_init(cfg, ("heads", "kv", "embed")),
+            bias_init=zeros_init(("embed",)),
+            name="out",
+        )(ctx)  # (batch, length, hidden)
+        return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))
+
+
+class FeedForward(nn.Module):
+    """Dense(intermediate) -> activation -> Dense(hidden)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        h = nn.Dense(
+            cfg.intermediate_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            kernel_init=dense_init(cfg, ("embed", "mlp")), bias_init=zeros_init(("mlp",)), name="wi",
+        )(x)  # (batch, length, mlp)
+        h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h), (BATCH, LENGTH, MLP))
+        out = nn.Dense(
+            cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            kernel_init=dense_init(cfg, ("mlp", "embed")), bias_init=zeros_init(("embed",)), name="wo",
+        )(h)  # (batch, length, hidden)
+        return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))
+
+
+class EncoderLayer(nn.Module):
+    """Attention and feed-forward blocks, each with dropout, residual and LayerNorm (post- or pre-LN)."""
+
+    config: TransformerConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        cfg = self.config
+        drop = nn.Dropout(cfg.hidden_dropout, deterministic=self.deterministic)
+        attn = SelfAttention(cfg, self.deterministic, name="attention")
+        mlp = FeedForward(cfg, name="mlp")
+        attn_norm, mlp_norm = LayerNorm(cfg, name="attention_norm"), LayerNorm(cfg, name="mlp_norm")
+        if cfg.pre_layer_norm:
+            x = x + drop(attn(attn_norm(x), mask))
+            x = x + drop(mlp(mlp_norm(x)))
+        else:
+            x = attn_norm(x + drop(attn(x, mask)))
+            x = mlp_norm(x + drop(mlp(x)))
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+        return x, x  # (carry, per-layer output) so the layer can be the body of nn.scan
+
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Encoder(nn.Module):
+    """A stack of `num_layers` encoder layers, optionally rematerialised and/or scanned."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, *, deterministic: bool) -> tuple[Array, Array | None]:
+        """x: (batch, length, hidden); mask: (batch, 1, length, length) boolean.
+
+        Returns the last hidden state and all layers' outputs stacked (num_layers, batch, length, hidden).
+        """
+        cfg = self.config
+        layer_cls = EncoderLayer
+        if cfg.remat != "none":
+            layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, deterministic, name="layers")
+            x, hidden = stack(x, mask)
+        else:
+            outs = []
+            for i in range(cfg.num_layers):
+                x, _ = layer_cls(cfg, deterministic, name=f"layer_{i}")(x, mask)
+                outs.append(x)
+            hidden = jnp.stack(outs)
+        if cfg.pre_layer_norm:
+            x = LayerNorm(cfg, name="final_norm")(x)
+        return x, hidden
+
+
+def stack_layers(encoder_params: dict, num_layers: int) -> dict:
+    """Per-layer encoder params {layer_0: ..., layer_{n-1}: ...} -> the scanned layout {layers: stacked}."""
+    layers = [encoder_params[f"layer_{i}"] for i in range(num_layers)]
+    rest = {k: v for k, v in encoder_params.items() if not k.startswith("layer_")}
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layers(encoder_params: dict, num_layers: int) -> dict:
+    """The scanned layout {layers: stacked} -> per-layer params {layer_0: ..., ...}."""
+    rest = {k: v for k, v in encoder_params.items() if k != "layers"}
+    return {**rest, **{f"layer_{i}": jax.tree.map(lambda x: x[i], encoder_params["layers"])
+                       for i in range(num_layers)}}
