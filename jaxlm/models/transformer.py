@@ -139,6 +139,26 @@ def fused_attention(q, k, v, mask):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
+class Projection(nn.Module):
+    """A dense projection as an einsum over a kernel of its natural shape, e.g. (embed, heads, kv), so that
+    each kernel dimension carries its logical name (flax's DenseGeneral initialises a flattened kernel)."""
+
+    config: TransformerConfig
+    equation: str
+    kernel_shape: tuple[int, ...]
+    kernel_names: tuple[str, ...]
+    bias_names: tuple[str, ...]
+    bias_ndim: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        kernel = self.param("kernel", dense_init(cfg, self.kernel_names), self.kernel_shape, cfg.param_dtype)
+        bias = self.param("bias", zeros_init(self.bias_names), self.kernel_shape[-self.bias_ndim:], cfg.param_dtype)
+        y = jnp.einsum(self.equation, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
+        return y + bias.astype(cfg.dtype)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate Q/K/V projections and an output projection."""
 
@@ -148,15 +168,11 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array) -> Array:
         cfg = self.config
-        proj = functools.partial(
-            nn.DenseGeneral,
-            features=(cfg.num_heads, cfg.head_dim),
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            kernel_init=dense_init(cfg, ("embed", "heads", "kv")),
-            bias_init=zeros_init(("heads", "kv")),
-        )
-        q, k, v = (proj(name=n)(x) for n in ("query", "key", "value"))  # (batch, length, heads, head_dim)
+        h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+        q, k, v = (
+            Projection(cfg, "blh,hnd->blnd", (h, n, d), ("embed", "heads", "kv"), ("heads", "kv"), 2, name=name)(x)
+            for name in ("query", "key", "value")
+        )  # (batch, length, heads, head_dim)
         q, k, v = (nn.with_logical_constraint(t, (BATCH, LENGTH, HEADS, KV)) for t in (q, k, v))
 
         dropout_active = not self.deterministic and cfg.attention_dropout > 0
@@ -169,16 +185,8 @@ class SelfAttention(nn.Module):
         else:
             ctx = fused_attention(q, k, v, mask)
         ctx = nn.with_logical_constraint(ctx, (BATCH, LENGTH, HEADS, KV))
-        out = nn.DenseGeneral(
-            features=cfg.hidden_size,
-            axis=(-2, -1),
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            kernel_init=dense_init(cfg, ("heads", "kv", "embed")),
-            bias_init=zeros_init(("embed",)),
-            name="out",
-        )(ctx)  # (batch, length, hidden)
-        return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))
+        out = Projection(cfg, "blnd,ndh->blh", (n, d, h), ("heads", "kv", "embed"), ("embed",), 1, name="out")(ctx)
+        return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))  # (batch, length, hidden)
 
 
 class FeedForward(nn.Module):

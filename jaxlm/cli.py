@@ -1,0 +1,149 @@
+"""The `jaxlm` command: parse the command line, call one library function, print what it returns.
+
+    jaxlm pretrain  --config experiments/FILE.py[:variant] --workdir DIR [--config.FIELD=VALUE ...]
+    jaxlm finetune  --config experiments/FILE.py[:variant] --workdir DIR [--config.FIELD=VALUE ...]
+    jaxlm evaluate  --workdir DIR [--split test]
+    jaxlm predict   --workdir DIR "This is an amazing movie!" ...   (or --file F, or texts on stdin)
+    jaxlm convert   --from-hf SRC --out DST  |  --to-hf WORKDIR --out DST
+    jaxlm tokenizer train --dataset NAME --vocab-size N --model-type unigram --out DIR
+
+Bad input ends with one line naming the file, field or flag and what was expected, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxlm", description="BERT pretraining and fine-tuning in JAX/Flax.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("pretrain", "MLM + NSP pretraining"), ("finetune", "fine-tune a classifier")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", required=True, help="experiments/FILE.py or experiments/FILE.py:variant")
+        s.add_argument("--workdir", required=True, help="checkpoints, logs and plots; a rerun resumes here")
+    s = sub.add_parser("evaluate", help="metrics of a trained workdir on a split")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--split", default="test")
+    s = sub.add_parser("predict", help="label and probability of each text (fine-tuned classifier)")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--file", help="one text per line ('-' = stdin)")
+    s.add_argument("texts", nargs="*")
+    s = sub.add_parser("convert", help="Hugging Face checkpoints in and out")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from-hf", metavar="SRC", help="a Hugging Face BERT directory")
+    g.add_argument("--to-hf", metavar="WORKDIR", help="a jaxlm workdir")
+    s.add_argument("--out", required=True)
+    s = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer")
+    tsub = s.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train")
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    t.add_argument("--out", required=True)
+    t.add_argument("--max-sentences", type=int, default=1_000_000)
+    t.add_argument("--path", help="for local builders: the file, folder or glob")
+    t.add_argument("--data-dir")
+    t.add_argument("--text-field", default="text")
+    return p
+
+
+def _train(args, overrides: list[str]) -> int:
+    from jaxlm import config as jaxlm_config
+    from jaxlm import train
+
+    config = jaxlm_config.override(jaxlm_config.load(args.config), overrides)
+    want = {"pretrain": "pretrain", "finetune": "classify"}[args.command]
+    if config.task.name != want:
+        raise jaxlm_config.ConfigError(
+            f"--config {args.config}: config.task.name is {config.task.name!r}; `jaxlm {args.command}` "
+            f"expects {want!r}")
+    final = train.train_and_evaluate(config, args.workdir)
+    summary = {k: v for k, v in final.items() if k != "params"}
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def _convert(args) -> int:
+    from jaxlm import hf
+
+    if args.from_hf:
+        import pathlib
+
+        from jaxlm import checkpoint, train
+        from jaxlm.data.tokenizer import load_tokenizer
+
+        model_config, params = hf.from_pretrained(args.from_hf, "pretrain")
+        identity = {"task": "pretrain", "source": args.from_hf, "model": train._model_dict(model_config)}
+        checkpoint.write_params(args.out, identity, params)
+        load_tokenizer(args.from_hf).save(pathlib.Path(args.out) / "tokenizer")
+        print(f"wrote {args.out} (a jaxlm workdir to fine-tune from with model.init_from='jaxlm:{args.out}')")
+    else:
+        from jaxlm import train
+
+        run, params = train._trained(args.to_hf)
+        hf.save_pretrained(run.model_config, params, args.out, label_names=run.label_names)
+        run.tokenizer.save(args.out)
+        print(f"wrote {args.out} (config.json, model.safetensors)")
+    return 0
+
+
+def _predict(args) -> int:
+    from jaxlm import train
+
+    texts = list(args.texts)
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        texts += [line.rstrip("\n") for line in stream if line.strip()]
+    elif not texts and not sys.stdin.isatty():
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ValueError("predict: give texts as arguments, with --file, or on stdin")
+    for text, (label, prob) in zip(texts, train.predict(args.workdir, texts)):
+        print(f"{label}\t{prob:.4f}\t{text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [a.removeprefix("--config.") for a in argv if a.startswith("--config.")]
+    args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "etils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        if args.command in ("pretrain", "finetune"):
+            return _train(args, overrides)
+        if overrides:
+            raise ValueError(f"--config.* overrides apply to pretrain and finetune, not {args.command}")
+        if args.command == "evaluate":
+            from jaxlm import train
+
+            print(json.dumps(train.evaluate_workdir(args.workdir, args.split), indent=2))
+            return 0
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "tokenizer":
+            from jaxlm.data.tokenizer import train_tokenizer_from_dataset
+
+            tok = train_tokenizer_from_dataset(
+                args.dataset, vocab_size=args.vocab_size, model_type=args.model_type, out_dir=args.out,
+                max_sentences=args.max_sentences, data_dir=args.data_dir, path=args.path,
+                text_field=args.text_field)
+            print(f"wrote {args.out}: {tok.vocab_size} pieces, special ids {tok.special_ids}")
+            return 0
+    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, ImportError) as e:
+        print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

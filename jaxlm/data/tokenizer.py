@@ -1,0 +1,421 @@
+"""Tokenizers behind one interface: SentencePiece trained by jaxlm, and WordPiece from a Hugging Face vocab.
+
+`Tokenizer` is what the rest of jaxlm sees: `encode` a batch of texts to int32 ids (no special tokens
+added), `encode_words` for whole-word masking, `decode`, the special ids and the vocabulary size.
+`SentencePieceTokenizer` is trained in-process (`train_sentencepiece`, `train_tokenizer_from_dataset`) with
+its special tokens at fixed ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then the 256 byte pieces
+(byte fallback: no text becomes unknown), then the learned pieces. `WordPieceTokenizer` reads an imported
+checkpoint's `vocab.txt` and `tokenizer_config.json` and gives the ids of transformers' `BertTokenizerFast`.
+Special tokens written inside a text are never parsed as special tokens: "[MASK]" in a text is text.
+`load_tokenizer(dir)` picks the kind from the files in the directory.
+"""
+
+import abc
+import io
+import itertools
+import json
+import os
+import pathlib
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from jaxlm.data import records, sources
+from jaxlm.data.sentences import split_sentences
+
+__all__ = [
+    "Tokenizer",
+    "SentencePieceTokenizer",
+    "WordPieceTokenizer",
+    "load_tokenizer",
+    "train_sentencepiece",
+    "train_tokenizer_from_dataset",
+    "SPECIAL_PIECES",
+]
+
+SPM_MODEL = "spm.model"
+SPM_JSON = "spm.json"
+WORDPIECE_VOCAB = "vocab.txt"
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+# The fixed ids of jaxlm's SentencePiece models.
+SPECIAL_PIECES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+class Tokenizer(abc.ABC):
+    """Text <-> int32 ids. Subclasses set `vocab_size` and the five special ids in `__init__`."""
+
+    vocab_size: int
+    pad_id: int
+    unk_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+
+    @abc.abstractmethod
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Ids of each text, int32 of shape (num_tokens,), without special tokens."""
+
+    @abc.abstractmethod
+    def encode_words(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids int32, word_start bool) per text, both (num_tokens,): True where a token begins a word."""
+
+    @abc.abstractmethod
+    def id_to_piece(self, token_id: int) -> str: ...
+
+    @abc.abstractmethod
+    def piece_to_id(self, piece: str) -> int: ...
+
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of `ids`, special tokens ([PAD], [CLS], [SEP], [MASK]) dropped."""
+
+    @abc.abstractmethod
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes the files `load_tokenizer(directory)` reads."""
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {k: getattr(self, f"{k}_id") for k in SPECIAL_PIECES}
+
+    def _set_special_ids(self, pieces: dict[str, str], ids: dict[str, int]) -> None:
+        """Sets `<kind>_id` for each special token; `ids` maps the pieces found in the vocabulary."""
+        for kind, piece in pieces.items():
+            if piece not in ids:
+                raise ValueError(f"{type(self).__name__}: the vocabulary has no {kind} token {piece!r}")
+            setattr(self, f"{kind}_id", ids[piece])
+
+
+def _split(flat: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
+    """`flat` cut into consecutive pieces of `lengths` (views)."""
+    return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+# ----------------------------------------------------------------------------------------------- SentencePiece
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model whose vocabulary holds the pieces [PAD] [UNK] [CLS] [SEP] [MASK]."""
+
+    def __init__(self, model_proto: bytes, description: dict | None = None):
+        self.model_proto = model_proto
+        self.description = description or {}
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = self._sp.get_piece_size()
+        pieces = [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+        self._set_special_ids(SPECIAL_PIECES, {p: i for i, p in enumerate(pieces) if p in SPECIAL_PIECES.values()})
+        # (vocab_size,) True for pieces that begin with the word-boundary mark.
+        self._starts_word = np.array([p.startswith("\u2581") for p in pieces], dtype=bool)
+        self._drop = np.zeros(self.vocab_size, bool)
+        self._drop[[self.pad_id, self.cls_id, self.sep_id, self.mask_id]] = True
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "SentencePieceTokenizer":
+        directory = pathlib.Path(directory)
+        description_file = directory / SPM_JSON
+        description = json.loads(description_file.read_text()) if description_file.exists() else None
+        return cls((directory / SPM_MODEL).read_bytes(), description)
+
+    def _encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        encoded = self._sp.encode(list(texts), out_type=int)
+        return np.fromiter(itertools.chain.from_iterable(encoded), np.int32), [len(e) for e in encoded]
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        ids, lengths = self._encode_flat(texts)
+        return _split(ids, lengths)
+
+    def encode_words(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        ids, lengths = self._encode_flat(texts)
+        return list(zip(_split(ids, lengths), _split(self._starts_word[ids], lengths)))
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+    def piece_to_id(self, piece: str) -> int:
+        return self._sp.piece_to_id(piece)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        ids = np.asarray(ids, np.int64)
+        return self._sp.decode(ids[~self._drop[ids]].tolist())
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SPM_MODEL).write_bytes(self.model_proto)
+        description = {**self.description, "kind": "sentencepiece", "vocab_size": self.vocab_size,
+                       "special_ids": self.special_ids}
+        (directory / SPM_JSON).write_text(json.dumps(description, indent=2) + "\n")
+
+
+def _reservoir(items: Iterable[str], size: int, seed: int) -> list[str]:
+    """A uniform sample of at most `size` items (algorithm R), the same for the same seed and items."""
+    rng = np.random.default_rng(seed)
+    sample: list[str] = []
+    for seen, item in enumerate(items):
+        if seen < size:
+            sample.append(item)
+        else:
+            slot = rng.integers(seen + 1)
+            if slot < size:
+                sample[slot] = item
+    return sample
+
+
+def _sentences(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        yield from split_sentences(text)
+
+
+def _check_model_type(model_type: str) -> None:
+    if model_type not in ("unigram", "bpe"):
+        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+
+
+def _train(
+    sentences: list[str], *, vocab_size: int, model_type: str, out_dir: str | os.PathLike, source: dict, seed: int
+) -> SentencePieceTokenizer:
+    if not sentences:
+        raise ValueError(f"no text to train a tokenizer on ({source})")
+    spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        pad_id=0, pad_piece=SPECIAL_PIECES["pad"],
+        unk_id=1, unk_piece=SPECIAL_PIECES["unk"],
+        bos_id=-1, eos_id=-1,
+        control_symbols=[SPECIAL_PIECES[k] for k in ("cls", "sep", "mask")],
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=0.9995,
+        max_sentence_length=16384,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    description = {"model_type": model_type, "num_sentences": len(sentences), "seed": seed, **source}
+    tokenizer = SentencePieceTokenizer(model.getvalue(), description)
+    tokenizer.save(out_dir)
+    return tokenizer
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    out_dir: str | os.PathLike,
+    max_sentences: int = 1_000_000,
+    seed: int = 0,
+) -> SentencePieceTokenizer:
+    """Trains on a uniform sample of at most `max_sentences` sentences of `texts`; saves into `out_dir`."""
+    _check_model_type(model_type)
+    sample = _reservoir(_sentences(texts), max_sentences, seed)
+    return _train(sample, vocab_size=vocab_size, model_type=model_type, out_dir=out_dir,
+                  source={"source": "texts"}, seed=seed)
+
+
+def train_tokenizer_from_dataset(
+    dataset: str,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    out_dir: str | os.PathLike,
+    max_sentences: int = 1_000_000,
+    data_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    text_field: str = "text",
+    split: str = "train",
+    seed: int = 0,
+    **builder_kwargs,
+) -> SentencePieceTokenizer:
+    """Trains on the sentences of `dataset`'s documents read in a seeded random order until
+    `max_sentences` are collected (so a huge corpus is not read whole); saves into `out_dir`."""
+    _check_model_type(model_type)
+    source = sources.open_source(dataset, split, data_dir=data_dir, path=path, **builder_kwargs)
+    order = np.random.default_rng(seed).permutation(len(source))
+    sentences: list[str] = []
+    for start in range(0, len(order), 256):
+        for example in source.__getitems__(order[start : start + 256].tolist()):
+            sentences.extend(split_sentences(records.as_text(records.field(example, text_field))))
+        if len(sentences) >= max_sentences:
+            break
+    described = {"dataset": dataset, "split": split, "text_field": text_field}
+    return _train(sentences[:max_sentences], vocab_size=vocab_size, model_type=model_type,
+                  out_dir=out_dir, source=described, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------- WordPiece
+
+# The CJK Unified Ideograph blocks BERT pads with spaces.
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def _is_punctuation(char: str) -> bool:
+    code = ord(char)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    return unicodedata.category(char).startswith("P")
+
+
+class _BertNormalizer(dict):
+    """A `str.translate` table doing BertNormalizer and BertPreTokenizer's punctuation split.
+
+    Each code point maps to its normalized text, with ' ' around punctuation and CJK characters so that
+    `str.split()` then yields BERT's words. Filled lazily, one code point at a time, as tokenizers' Rust
+    normalizer works per character (clean, CJK, NFD minus accents, lower-case).
+    """
+
+    def __init__(self, lowercase: bool, strip_accents: bool, chinese_chars: bool):
+        super().__init__()
+        self.lowercase, self.strip_accents, self.chinese_chars = lowercase, strip_accents, chinese_chars
+
+    def __missing__(self, code: int) -> str:
+        self[code] = value = self._normalize(chr(code))
+        return value
+
+    def _normalize(self, char: str) -> str:
+        code = ord(char)
+        if char in "\t\n\r" or (char.isspace() and not unicodedata.category(char).startswith("C")):
+            return " "
+        if code == 0 or code == 0xFFFD or unicodedata.category(char).startswith("C"):
+            return ""
+        if self.chinese_chars and any(lo <= code <= hi for lo, hi in _CJK_RANGES):
+            return f" {char} "
+        text = char
+        if self.strip_accents:
+            text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+        if self.lowercase:
+            text = text.lower()
+        return "".join(" " if c.isspace() else f" {c} " if _is_punctuation(c) else c for c in text)
+
+
+class WordPieceTokenizer(Tokenizer):
+    """BERT's WordPiece: basic tokenization, then greedy longest-match-first pieces with '##'."""
+
+    _MAX_CACHE = 1_000_000  # cached words; the cache is emptied when it grows past this
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        *,
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        chinese_chars: bool = True,
+        special_pieces: dict[str, str] | None = None,
+        max_chars_per_word: int = 100,
+    ):
+        self.vocab = list(vocab)
+        self.vocab_size = len(self.vocab)
+        self._ids = {piece: i for i, piece in enumerate(self.vocab)}  # a repeated piece: the last id, as HF
+        self.lowercase = lowercase
+        self.strip_accents = lowercase if strip_accents is None else strip_accents
+        self.chinese_chars = chinese_chars
+        self.special_pieces = {**SPECIAL_PIECES, **(special_pieces or {})}
+        self._set_special_ids(self.special_pieces, self._ids)
+        self.max_chars_per_word = max_chars_per_word
+        self._table = _BertNormalizer(self.lowercase, self.strip_accents, self.chinese_chars)
+        self._longest = max(len(p) for p in self.vocab)
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._drop = {self.pad_id, self.cls_id, self.sep_id, self.mask_id}
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "WordPieceTokenizer":
+        """Reads `vocab.txt` and, if present, `tokenizer_config.json` (do_lower_case, strip_accents, ...)."""
+        directory = pathlib.Path(directory)
+        vocab = (directory / WORDPIECE_VOCAB).read_text(encoding="utf-8").split("\n")
+        if vocab and vocab[-1] == "":
+            vocab.pop()
+        config_file = directory / HF_TOKENIZER_CONFIG
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        specials = {k: config[f"{k}_token"] for k in SPECIAL_PIECES if isinstance(config.get(f"{k}_token"), str)}
+        return cls(
+            vocab,
+            lowercase=config.get("do_lower_case", True),
+            strip_accents=config.get("strip_accents"),
+            chinese_chars=config.get("tokenize_chinese_chars", True),
+            special_pieces=specials,
+        )
+
+    def _pieces(self, word: str) -> tuple[int, ...]:
+        """Greedy longest-match-first ids of one word; (unk,) when any part of it has no piece."""
+        if len(word) > self.max_chars_per_word:
+            return (self.unk_id,)
+        ids, start = [], 0
+        while start < len(word):
+            for end in range(min(len(word), start + self._longest), start, -1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                token_id = self._ids.get(piece)
+                if token_id is not None:
+                    ids.append(token_id)
+                    start = end
+                    break
+            else:
+                return (self.unk_id,)
+        return tuple(ids)
+
+    def _word_ids(self, text: str) -> list[tuple[int, ...]]:
+        cache = self._cache
+        if len(cache) > self._MAX_CACHE:
+            cache.clear()
+        out = []
+        for word in text.translate(self._table).split():
+            ids = cache.get(word)
+            if ids is None:
+                ids = cache[word] = self._pieces(word)
+            out.append(ids)
+        return out
+
+    def _encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """All texts' ids (tokens,), each word's piece count (words,), and each text's token count."""
+        per_text = [self._word_ids(text) for text in texts]
+        words = list(itertools.chain.from_iterable(per_text))
+        ids = np.fromiter(itertools.chain.from_iterable(words), np.int32)
+        word_lengths = np.fromiter(map(len, words), np.int64, len(words))
+        return ids, word_lengths, [sum(map(len, text_words)) for text_words in per_text]
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        ids, _, lengths = self._encode_flat(texts)
+        return _split(ids, lengths)
+
+    def encode_words(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        ids, word_lengths, lengths = self._encode_flat(texts)
+        starts = np.zeros(len(ids), bool)
+        starts[np.cumsum(word_lengths) - word_lengths] = True
+        return list(zip(_split(ids, lengths), _split(starts, lengths)))
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.vocab[int(token_id)]
+
+    def piece_to_id(self, piece: str) -> int:
+        return self._ids.get(piece, self.unk_id)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        pieces = [self.vocab[i] for i in np.asarray(ids).tolist() if i not in self._drop]
+        return " ".join(pieces).replace(" ##", "")
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / WORDPIECE_VOCAB).write_text("".join(p + "\n" for p in self.vocab), encoding="utf-8")
+        config = {"do_lower_case": self.lowercase, "strip_accents": self.strip_accents,
+                  "tokenize_chinese_chars": self.chinese_chars, "tokenizer_class": "BertTokenizer",
+                  **{f"{k}_token": v for k, v in self.special_pieces.items()}}
+        (directory / HF_TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer saved in directory `path`: jaxlm's SentencePiece (spm.model) or a HF vocab.txt."""
+    directory = pathlib.Path(path)
+    if (directory / SPM_MODEL).is_file():
+        return SentencePieceTokenizer.load(directory)
+    if (directory / WORDPIECE_VOCAB).is_file():
+        return WordPieceTokenizer.load(directory)
+    what = "is not a directory" if not directory.is_dir() else f"holds neither {SPM_MODEL} nor {WORDPIECE_VOCAB}"
+    raise FileNotFoundError(
+        f"no tokenizer at {directory}: it {what} (expected jaxlm's SentencePiece {SPM_MODEL} or a "
+        f"Hugging Face WordPiece {WORDPIECE_VOCAB})"
+    )

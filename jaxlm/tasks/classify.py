@@ -1,0 +1,102 @@
+"""Sequence classification: cross-entropy (or squared error when num_labels == 1), weighted per example.
+
+Metric sums: a confusion matrix gives accuracy, macro-F1 and Matthews correlation; for regression,
+the sums of x, y, x^2, y^2 and xy give the mean squared error and Pearson's r.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def loss(outputs: dict, batch: dict) -> tuple[dict, dict, dict]:
+    """(loss sums, denominators, metric sums) of one batch; padding examples have example_weight 0."""
+    logits = outputs["logits"]  # (batch, num_labels) float32
+    w = batch["example_weight"]  # (batch,)
+    if logits.shape[-1] == 1:
+        pred, y = logits[:, 0], batch["label"].astype(jnp.float32)
+        metrics = {"x": pred * w, "y": y * w, "xx": pred * pred * w, "yy": y * y * w, "xy": pred * y * w}
+        return {"cls": jnp.sum(jnp.square(pred - y) * w)}, {"cls": jnp.sum(w)}, _sum(metrics)
+    labels = jnp.maximum(batch["label"], 0)  # -1 (unlabelled) only ever comes with weight 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    num = logits.shape[-1]
+    truth = _one_hot(labels, num) * w[:, None]  # (batch, num_labels)
+    confusion = truth.T @ _one_hot(logits.argmax(-1), num)  # (true, predicted)
+    return {"cls": jnp.sum(ce * w)}, {"cls": jnp.sum(w)}, {"confusion": confusion}
+
+
+def _sum(tree: dict) -> dict:
+    return {k: jnp.sum(v) for k, v in tree.items()}
+
+
+def _one_hot(x, num: int):
+    return (x[:, None] == jnp.arange(num)[None, :]).astype(jnp.float32)
+
+
+def summarize(sums: dict) -> dict[str, float]:
+    """Metric sums (over steps, devices, hosts) -> loss, accuracy, macro-F1, MCC (or MSE, Pearson)."""
+    n = float(sums["cls_count"])
+    if not n:
+        return {}
+    out = {"loss": float(sums["cls_loss_sum"]) / n}
+    if "confusion" not in sums:
+        x, y = float(sums["x"]) / n, float(sums["y"]) / n
+        vx, vy = float(sums["xx"]) / n - x * x, float(sums["yy"]) / n - y * y
+        out["mse"] = out["loss"]
+        out["pearson"] = (float(sums["xy"]) / n - x * y) / max(np.sqrt(max(vx, 0) * max(vy, 0)), 1e-12)
+        return out
+    c = np.asarray(sums["confusion"], np.float64)  # (true, predicted)
+    tp, support, predicted = np.diag(c), c.sum(1), c.sum(0)
+    out["accuracy"] = float(tp.sum() / n)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    present = support > 0
+    out["macro_f1"] = float(f1[present].mean()) if present.any() else 0.0
+    # Matthews correlation, multiclass (Gorodkin's R_K), from the confusion matrix.
+    cov_tp = tp.sum() * n - predicted @ support
+    denom = np.sqrt((n * n - predicted @ predicted) * (n * n - support @ support))
+    out["mcc"] = float(cov_tp / denom) if denom > 0 else 0.0
+    if c.shape[0] == 2:
+        out["f1"] = float(f1[1])
+    return out
+
+
+def _source(config, split: str):
+    from jaxlm.data import sources
+
+    d = config.data
+    kwargs = {"regression": config.task.num_labels == 1} if d.dataset == "local_classification" else {}
+    return sources.open_source(d.dataset, split, data_dir=d.data_dir or None, path=d.path or None, **kwargs)
+
+
+def label_names(config) -> list[str]:
+    """The class names (from the train split's ClassLabel), or ['value'] for regression (num_labels 1)."""
+    from jaxlm.data import sources
+
+    if config.task.num_labels == 1:
+        return ["value"]
+    names = sources.class_names(_source(config, config.data.train_split), config.data.label_field)
+    if config.task.num_labels and config.task.num_labels != len(names):
+        raise ValueError(f"config.task.num_labels={config.task.num_labels}, but {config.data.dataset} has "
+                         f"{len(names)} classes ({names[:5]}...)")
+    return names
+
+
+def examples(config, tokenizer, split: str):
+    """The classification examples of `split` of config.data.dataset, bucketed by length if configured."""
+    from jaxlm.data import sources
+    from jaxlm.data.classification import classification_examples
+
+    d = config.data
+    return classification_examples(
+        _source(config, split), tokenizer=tokenizer, text_fields=list(d.text_fields), label_field=d.label_field,
+        max_seq_length=d.max_seq_length, buckets=tuple(d.buckets), regression=config.task.num_labels == 1,
+        cache_dir=str(sources.default_data_dir().parent / "examples"), name=f"{d.dataset}:{d.path}:{split}",
+    )
+
+
+def predictions_per_example(config) -> int:
+    return 0

@@ -1,0 +1,63 @@
+"""BERT pretraining: MLM cross-entropy over the masked positions plus NSP cross-entropy."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+
+def loss(outputs: dict, batch: dict) -> tuple[dict, dict, dict]:
+    """(loss sums, their denominators, metric sums) of one batch.
+
+    The objective is mlm_sum / masked_tokens + nsp_sum / nsp_examples, with the denominators of the
+    whole (global, accumulated) batch; the sums here add up across micro-batches and devices.
+    """
+    logits = outputs["mlm_logits"]  # (batch, predictions, vocab) float32
+    ids, weights = batch["masked_ids"], batch["masked_weights"]  # (batch, predictions)
+    mlm_ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids)
+    nsp_logits = outputs["nsp_logits"]  # (batch, 2)
+    nsp_w = batch["nsp_weight"]
+    nsp_ce = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, batch["nsp_label"])
+    sums = {"mlm": jnp.sum(mlm_ce * weights), "nsp": jnp.sum(nsp_ce * nsp_w)}
+    denominators = {"mlm": jnp.sum(weights), "nsp": jnp.sum(nsp_w)}
+    metrics = {
+        "mlm_correct": jnp.sum((logits.argmax(-1) == ids) * weights),
+        "nsp_correct": jnp.sum((nsp_logits.argmax(-1) == batch["nsp_label"]) * nsp_w),
+    }
+    return sums, denominators, metrics
+
+
+def summarize(sums: dict) -> dict[str, float]:
+    """Metric sums (over steps, devices, hosts) -> means."""
+    out = {}
+    for part in ("mlm", "nsp"):
+        count = float(sums[f"{part}_count"])
+        if count:
+            out[f"{part}_loss"] = float(sums[f"{part}_loss_sum"]) / count
+            out[f"{part}_accuracy"] = float(sums[f"{part}_correct"]) / count
+    out["loss"] = out.get("mlm_loss", 0.0) + out.get("nsp_loss", 0.0)
+    return out
+
+
+
+
+def examples(config, tokenizer, split: str):
+    """The pretraining examples of `split` of config.data.dataset (instances cached, masks on the fly)."""
+    from jaxlm.data import sources
+    from jaxlm.data.pretraining import PretrainingSpec, pretraining_examples
+
+    d, t = config.data, config.task
+    source = sources.open_source(d.dataset, split, data_dir=d.data_dir or None, path=d.path or None)
+    spec = PretrainingSpec(
+        max_seq_length=d.max_seq_length, mlm_probability=t.mlm_probability,
+        max_predictions_per_seq=t.max_predictions_per_seq, short_seq_prob=t.short_seq_prob,
+        whole_word=t.whole_word, packed=t.packed, split_sentences=t.split_sentences,
+    )
+    return pretraining_examples(
+        source, text_field=d.text_fields[0], tokenizer=tokenizer, spec=spec, seed=config.train.seed,
+        cache_dir=str(sources.default_data_dir().parent / "examples"), name=f"{d.dataset}:{d.path}:{split}",
+    )
+
+
+def predictions_per_example(config) -> int:
+    return config.task.max_predictions_per_seq

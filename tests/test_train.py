@@ -1,0 +1,173 @@
+"""The trainer end to end: pretrain -> fine-tune -> evaluate -> predict, meshes, resume, accumulation."""
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm import checkpoint, cli, optim, sharding, train
+from jaxlm import config as jaxlm_config
+
+REPO = pathlib.Path(__file__).parents[1]
+DEMO = str(REPO / "experiments" / "demo_cpu.py")
+
+
+@pytest.fixture(scope="module")
+def data_env(tmp_path_factory):
+    """A private tfds data dir and a small SentencePiece tokenizer trained on the embedded corpus."""
+    root = tmp_path_factory.mktemp("data")
+    old = os.environ.get("JAXLM_DATA_DIR")
+    os.environ["JAXLM_DATA_DIR"] = str(root / "tfds")
+    from jaxlm.data.tokenizer import train_tokenizer_from_dataset
+
+    train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, out_dir=root / "tok", max_sentences=4000)
+    yield root
+    if old is None:
+        os.environ.pop("JAXLM_DATA_DIR")
+    else:
+        os.environ["JAXLM_DATA_DIR"] = old
+
+
+def tiny(variant: str, data_env, **fields):
+    c = jaxlm_config.load(f"{DEMO}:{variant}")
+    overrides = {
+        "model.preset": "bert-L2-H128", "data.max_seq_length": 32, "data.batch_size": 16,
+        "data.eval_batch_size": 32, "data.tokenizer": str(data_env / "tok"),
+        "data.eval_split": "validation[:48]", "task.max_predictions_per_seq": 5, "optim.warmup_steps": 2,
+        "train.log_every": 5, "train.eval_every": 10, "train.checkpoint_every": 10, "mesh.data": -1,
+    }
+    if variant != "pretrain":
+        overrides.update({"data.buckets": (16,), "data.test_split": "test[:64]"})
+    overrides.update(fields)
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        with node.ignore_type():
+            node[leaf] = value
+    return c
+
+
+def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys):
+    pre = tmp_path / "pretrain"
+    result = train.train_and_evaluate(tiny("pretrain", data_env, **{"train.num_steps": 20}), pre)
+    records = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert len(train_losses) == 4 and train_losses[-1] < train_losses[0]
+    assert {"mlm_loss", "nsp_accuracy", "learning_rate", "grad_norm", "tokens_per_s", "mfu"} <= set(records[0])
+    assert result["eval"]["mlm_loss"] < 6.5  # from ln(512) = 6.24 + NSP at the start, falling
+    for name in ("loss.png", "accuracy.png", "run.json", "config.json", "model.json"):
+        assert (pre / name).exists(), name
+    assert list((pre / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((pre / "run.json").read_text())["versions"]["jax"] == jax.__version__
+
+    fine = tmp_path / "finetune"
+    c = tiny("finetune", data_env, **{"train.num_steps": 20, "model.init_from": f"jaxlm:{pre}",
+                                     "data.tokenizer": "init", "train.best_metric": ""})
+    result = train.train_and_evaluate(c, fine)
+    assert set(result["test"]) >= {"accuracy", "macro_f1", "mcc", "loss"}
+    # The encoder started from the pretrained one: position rows beyond the data's length get no
+    # gradient, only 20 steps of weight decay.
+    _, pre_params = checkpoint.restore_params(pre)
+    _, fine_params = checkpoint.restore_params(fine)
+    pos = lambda p: np.asarray(p["bert"]["embeddings"]["position"]["embedding"])[40:]  # noqa: E731
+    np.testing.assert_allclose(pos(fine_params), pos(pre_params), atol=1e-4)
+    assert np.abs(pos(pre_params)).max() > 0.03
+
+    assert cli.main(["evaluate", "--workdir", str(fine), "--split", "test[:64]"]) == 0
+    out = capsys.readouterr().out
+    evaluated = json.loads(out[out.index("{\n"):])
+    assert evaluated == pytest.approx(result["test"], rel=1e-5)  # the final checkpoint, read back
+    texts = ["a domesticated carnivorous mammal", "move fast by using one's feet"]
+    assert cli.main(["predict", "--workdir", str(fine), *texts]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    labels = json.loads((fine / "labels.json").read_text())
+    assert len(lines) == 2
+    for line, text in zip(lines, texts):
+        label, prob, echoed = line.split("\t")
+        assert label in labels and 0 < float(prob) <= 1 and echoed == text
+
+
+def _mesh_losses(data_env, tmp_path, mesh):
+    c = tiny("pretrain", data_env, **{
+        "train.num_steps": 20, "train.log_every": 1, "data.eval_split": "", "optim.learning_rate": 2e-3,
+        "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
+        "mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
+    })
+    c.model.overrides = {"num_heads": 8}  # heads divisible by 8: tensor sharding is real
+    workdir = tmp_path / "x".join(map(str, mesh))
+    train.train_and_evaluate(c, workdir)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return np.array([r["loss"] for r in records if r["split"] == "train"])
+
+
+def test_same_loss_trajectory_on_1_and_8_devices(data_env, tmp_path):
+    one = _mesh_losses(data_env, tmp_path, (1, 1, 1))
+    assert len(one) == 20 and one[-5:].mean() < one[:5].mean() - 0.3
+    for mesh in ((8, 1, 1), (2, 4, 1), (1, 1, 8), (2, 2, 2)):
+        np.testing.assert_allclose(_mesh_losses(data_env, tmp_path, mesh), one, rtol=1e-5, err_msg=str(mesh))
+
+
+def _final_params(workdir):
+    return checkpoint.restore_params(workdir, prefer_best=False)[1]
+
+
+def test_resume_in_a_fresh_process_is_bitwise_exact(data_env, tmp_path):
+    # wordnet_lexname test[:200] as a tiny train set: 13 steps an epoch, so steps 5 -> 30 cross epochs.
+    fields = {"train.num_steps": 30, "data.train_split": "test[:200]", "data.eval_split": "validation[:32]",
+              "data.test_split": "", "train.checkpoint_every": 7}
+    straight = tmp_path / "straight"
+    train.train_and_evaluate(tiny("scratch", data_env, **fields), straight)
+    resumed = tmp_path / "resumed"
+    args = [sys.executable, "-m", "jaxlm.cli", "finetune", "--config", f"{DEMO}:scratch", "--workdir", str(resumed)]
+    c = tiny("scratch", data_env, **fields)
+    flat = {f"{k}.{f}": v for k in ("model", "data", "task", "optim", "train", "mesh")
+            for f, v in c[k].items() if not isinstance(v, type(c))}
+    overrides = [f"--config.{k}={v}" for k, v in flat.items() if k != "model.overrides"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    first = subprocess.run(args + overrides + ["--config.train.stop_after=5"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoint.Checkpoints(resumed, keep=3, identity={}).latest_step() == 5
+    second = subprocess.run(args + overrides, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    a, b = _final_params(straight), _final_params(resumed)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_gradient_accumulation_matches_one_large_batch(data_env):
+    c = tiny("pretrain", data_env, **{"model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
+                                      "data.batch_size": 32, "mesh.data": 1, "task.short_seq_prob": 0.9,
+                                      "task.max_predictions_per_seq": 8})
+    run = train.Run.create(c, pathlib.Path(data_env / "acc"))
+    examples = run.task.examples(c, run.tokenizer, "train")
+    batch = examples.batch(np.arange(32), 0, 32)
+    per_micro = batch["masked_weights"].reshape(8, 4, -1).sum((0, 2))  # strided micro-batches
+    assert len(set(per_micro.tolist())) > 1  # unequal masked-token counts
+    c.optim.num_steps = 10
+    tx, _ = optim.make_optimizer(c.optim)
+    init = functools.partial(train.train_state.create, run.model, tx, max_seq_length=32)
+    state, _ = sharding.init_sharded(init, run.mesh, jax.random.key(0))
+    outs = []
+    for accumulate in (1, 4):
+        step = jax.jit(functools.partial(train.train_step, model=run.model, tx=tx, loss=run.task.loss,
+                                         accumulate=accumulate))
+        new_state, metrics = step(state, batch, jax.random.key(1))
+        outs.append((new_state.params, metrics))
+    (p1, m1), (p4, m4) = outs
+    assert float(m1["mlm_count"]) == float(m4["mlm_count"]) == float(batch["masked_weights"].sum())
+    np.testing.assert_allclose(m4["mlm_loss_sum"], m1["mlm_loss_sum"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p4, p1)
+
+
+def test_misspelt_config_field_names_the_nearest(capsys):
+    code = cli.main(["pretrain", "--config", DEMO, "--workdir", "/tmp/never", "--config.optim.lerning_rate=1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.optim.learning_rate" in err
