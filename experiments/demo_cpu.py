@@ -28,24 +28,26 @@ def get_config(variant: str = "pretrain"):
     c.mesh.data = -1
     if variant == "pretrain":
         c.data.dataset = "embedded_corpus"
-        c.data.batch_size = 64
+        c.data.eval_split = "validation[:1024]"
+        c.data.batch_size = 32
         c.data.eval_batch_size = 128
         c.task.max_predictions_per_seq = 10
         c.optim.learning_rate = 1e-3
-        c.optim.warmup_steps = 50
-        c.train.num_steps = 500
-        c.train.eval_every = 250
-        c.train.checkpoint_every = 250
+        c.optim.warmup_steps = 30
+        c.train.num_steps = 300
+        c.train.eval_every = 150
+        c.train.checkpoint_every = 150
     elif variant in ("finetune", "scratch"):
         c.task.name = "classify"
         c.data.dataset = "wordnet_lexname"
+        c.data.eval_split = "validation[:2048]"
         c.data.test_split = "test"
         c.data.batch_size = 32
         c.data.eval_batch_size = 256
         c.data.buckets = (16, 32, 48)
         c.optim.learning_rate = 3e-4 if variant == "finetune" else 1e-3
         c.optim.warmup_steps = 30
-        c.train.num_steps = 600
+        c.train.num_steps = 400
         c.train.eval_every = 200
         c.train.checkpoint_every = 200
         c.train.best_metric = "accuracy"

@@ -167,6 +167,8 @@ def base() -> ml_collections.ConfigDict:
         best_metric="",  # an eval metric to keep the best checkpoint by ('' = none)
         best_mode="max",
         on_nonfinite="skip",  # a non-finite loss/gradient is never applied; 'skip' goes on, 'stop' stops
+        profile_start=0,  # a profiler trace (TensorBoard / Perfetto) of steps [start, start + steps)
+        profile_steps=0,  # 0 = no trace; written to workdir/profile
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     return c

@@ -249,24 +249,30 @@ class Run:
 
 
 class _Preemption:
-    """SIGTERM (how a TPU VM is preempted) sets a flag; the loop finishes its step, saves and exits."""
+    """SIGTERM (how a TPU VM is preempted) sets a flag; the loop finishes its step, saves and exits.
+
+    With several processes, jax.distributed's preemption service catches SIGTERM instead (a Python handler
+    would replace its own): the process that got it tells the others, and all reach the same step to save at.
+    """
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._multihost = jax.process_count() > 1
+        self._previous = None if self._multihost else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
 
     def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:  # all hosts agree on the step to save at
+        if self._multihost:
             from jax.experimental import multihost_utils
 
-            return multihost_utils.reached_preemption_sync_point(step) or self.requested
+            return multihost_utils.reached_preemption_sync_point(step)
         return self.requested
 
     def close(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self._multihost:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -327,9 +333,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         with sharding.mesh_context(mesh):
             stop_at = min(num_steps, start + t.stop_after) if t.stop_after else num_steps
             while step < stop_at:
+                if t.profile_steps and step == t.profile_start:
+                    jax.profiler.start_trace(str(workdir / "profile"))
                 batch = sharding.global_batch(next(batches), mesh)
                 state, metrics = step_fn(state, batch, rng)
                 step += 1
+                if t.profile_steps and step == t.profile_start + t.profile_steps:
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                    mon.message(f"profiler trace of steps {t.profile_start}-{step} in {workdir / 'profile'}")
                 window_steps += 1
                 sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
                 last = step == num_steps
@@ -377,9 +389,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         preemption.close()
         mon.close()
     final["step"] = step
-    if eval_examples is not None and "test_split" in d and d.test_split and step == num_steps:
+    if d.test_split and step == num_steps:  # the final parameters on the test split, beside the baseline
         test = run.task.examples(config, run.tokenizer, d.test_split)
-        final["test"] = run.evaluate(eval_fn, state.params, test, d.eval_batch_size)
+        final["test"] = {**run.evaluate(eval_fn, state.params, test, d.eval_batch_size),
+                         **run.task.baseline(train_examples, test)}
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(final, indent=2) + "\n")
     final["params"] = state.params
     return final
 

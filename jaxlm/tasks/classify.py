@@ -100,3 +100,13 @@ def examples(config, tokenizer, split: str):
 
 def predictions_per_example(config) -> int:
     return 0
+
+
+def baseline(train_examples, examples) -> dict[str, float]:
+    """Accuracy of always predicting the train split's most frequent label (regression: none)."""
+    train_labels, labels = train_examples.arrays["label"], examples.arrays["label"]
+    if train_labels.dtype.kind == "f" or not len(labels):
+        return {}
+    majority = np.bincount(train_labels[train_labels >= 0]).argmax()
+    labelled = labels[labels >= 0]
+    return {"majority_accuracy": float((labelled == majority).mean()) if len(labelled) else 0.0}

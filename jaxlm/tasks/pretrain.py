@@ -61,3 +61,8 @@ def examples(config, tokenizer, split: str):
 
 def predictions_per_example(config) -> int:
     return config.task.max_predictions_per_seq
+
+
+def baseline(train_examples, examples) -> dict[str, float]:
+    """No trivial baseline is reported for pretraining."""
+    return {}
