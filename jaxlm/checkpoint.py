@@ -8,24 +8,77 @@ Layout of a workdir:
 
 `meta` holds the experiment's identity (task, model config): a workdir holding another experiment's
 checkpoint is refused rather than resumed or overwritten.
+
+Faults: a save that cannot be written (disk full, a file where a directory must be) raises `StorageError`
+naming the checkpoint and the last complete one, which stays intact. A checkpoint that cannot be read is
+reported with its path, moved to `unreadable/` and the previous one restored; when checkpoints exist but
+none can be read, restore raises rather than start from scratch. Unfinished (temporary) saves of a killed
+run are never read, and are removed when the next run opens the workdir.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import pathlib
+import re
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxlm import faults
+
 log = logging.getLogger(__name__)
 
 
+class StorageError(OSError):
+    """A checkpoint that cannot be written: the message names it, the cause and the last complete one."""
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+    _check_writable(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
+
+
+def _check_writable(directory: pathlib.Path) -> None:
+    """Fail at start-up, not at the first save, when checkpoints cannot be written in `directory`."""
+    if directory.exists() and not directory.is_dir():
+        raise StorageError(f"{directory}: cannot write checkpoints there: it is a file, not a directory")
+    probe = directory / f".jaxlm-write-probe-{jax.process_index()}-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise StorageError(f"{directory}: cannot write checkpoints there: {e}") from e
+
+
+def _is_storage_failure(e: BaseException) -> bool:
+    """An I/O failure of a save: OSError, or tensorstore's ValueError carrying an OS error code."""
+    return isinstance(e, OSError) or (isinstance(e, ValueError) and "os_error_code" in str(e))
+
+
+def _reason(e: BaseException) -> str:
+    """A short cause: the OS error, not tensorstore's whole spec."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} (errno {e.errno})"
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    if code:
+        return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
 
 
 class Checkpoints:
@@ -41,28 +94,45 @@ class Checkpoints:
         self.latest = _manager(self.workdir / "checkpoints", keep)
         self.best = _manager(self.workdir / "best", 1) if best_metric else None
         self.best_value = self._recorded_best()
+        newest = self.latest.latest_step()
+        if identity and newest is not None:  # (an empty identity: opened only to look at the steps)
+            try:
+                meta = self.latest.restore(newest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            except Exception:  # noqa: BLE001 - unreadable: `restore` reports it and falls back
+                meta = None
+            if meta is not None:
+                self.check_identity(meta, self.latest.directory / str(newest))
 
     # ------------------------------------------------------------------ saving
 
     def save(self, step: int, state: Any, data_state: dict, *, metrics: dict | None = None) -> None:
         """Start an asynchronous save of `step` (returns while it is written)."""
         args = self._args(state, data_state, metrics)
-        self.latest.save(step, args=args)
+        if self.best is not None:  # a best save in flight completes first: if it fails, the run stops before
+            with self._writing(self.best, None):  # the latest moves past its step (a relaunch redoes it)
+                self.best.wait_until_finished()
+                self.best.check_for_errors()
+        with self._writing(self.latest, step):
+            if not self.latest.save(step, args=args):
+                log.warning("checkpoint %s not written: step %s is already on disk", self.latest.directory / str(step),
+                            self.latest.latest_step())
+        faults.hit("save", step)
 
     def save_if_best(self, step: int, state: Any, data_state: dict, metrics: dict) -> bool:
         """Save to best/ if metrics[best_metric] is finite and better than the best so far."""
         if self.best is None:
             return False
         value = metrics.get(self.best_metric)
-        if value is None or not math.isfinite(value):
-            return False
+        if value is None or not all(math.isfinite(v) for v in metrics.values() if isinstance(v, (int, float))):
+            return False  # a diverged evaluation (a NaN loss beside a finite accuracy) is never the best
         better = self.best_value is None or (
             value > self.best_value if self.best_mode == "max" else value < self.best_value
         )
         if not better:
             return False
-        self.best.wait_until_finished()
-        self.best.save(step, args=self._args(state, data_state, metrics), force=True)
+        with self._writing(self.best, step):
+            self.best.wait_until_finished()
+            self.best.save(step, args=self._args(state, data_state, metrics), force=True)
         self.best_value = value
         return True
 
@@ -73,14 +143,37 @@ class Checkpoints:
         )
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        if self.best is not None:
-            self.best.wait_until_finished()
+        for manager in (self.latest, self.best):
+            if manager is not None:
+                with self._writing(manager, None):
+                    manager.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        if self.best is not None:
-            self.best.close()
+        """Release the managers; a failed save was raised by `save` or `wait`, so it is only logged here."""
+        for manager in (self.latest, self.best):
+            if manager is None:
+                continue
+            try:
+                manager.close()
+            except Exception as e:  # noqa: BLE001 - already raised once; closing must not hide that error
+                log.error("closing %s: %s", manager.directory, _reason(e))
+
+    @contextlib.contextmanager
+    def _writing(self, manager: ocp.CheckpointManager, step: int | None):
+        """I/O failures of a save (possibly an earlier asynchronous one) -> StorageError naming the step."""
+        try:
+            yield
+        except Exception as e:
+            if not _is_storage_failure(e):
+                raise
+            failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))
+            step = int(failed.group(1)) if failed else step
+            what = manager.directory / str(step) if step is not None else f"a checkpoint in {manager.directory}"
+            self.latest.reload()
+            last = self.latest.latest_step()  # what a relaunch resumes from
+            last = f"{self.latest.directory / str(last)}, is intact" if last is not None else "none"
+            raise StorageError(f"cannot write checkpoint {what}: {_reason(e)}; is the disk full or the workdir "
+                               f"unwritable? The newest complete checkpoint: {last}") from e
 
     # ------------------------------------------------------------------ restoring
 
@@ -93,30 +186,53 @@ class Checkpoints:
 
         `abstract_state` holds ShapeDtypeStructs with shardings: the state is restored straight onto that
         mesh, whatever the mesh it was saved from. A checkpoint that cannot be read is reported with its
-        path and the previous one is tried.
+        path and the previous one is tried; once one is restored, the unreadable newer ones are moved to
+        `unreadable/` (so that their steps can be saved again). Checkpoints none of which can be read raise
+        ValueError: a run never starts from scratch over them.
         """
         manager = self.latest if which == "latest" else self.best
         if manager is None:
             return None
         steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+        unreadable = []
         for s in steps:
             path = manager.directory / str(s)
             try:
                 meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: report it, try the previous one
-                log.error("checkpoint %s: cannot read its metadata (%s); trying an older one", path, e)
-                continue
-            self.check_identity(meta, path)
-            try:
-                restored = manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001
-                log.error("checkpoint %s: cannot be restored (%s); trying an older one", path, e)
-                continue
-            return s, restored["state"], restored["data"], meta
-        if steps:
-            raise RuntimeError(f"{manager.directory}: none of the checkpoints {steps} can be restored (see errors above)")
+                meta, failure = None, e
+            if meta is not None:
+                self.check_identity(meta, path)  # another experiment's checkpoint is refused, not skipped
+                try:
+                    restored = manager.restore(s, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                except Exception as e:  # noqa: BLE001
+                    failure = e
+                else:
+                    for bad, _ in unreadable:
+                        self._set_aside(manager, bad)
+                    return s, restored["state"], restored["data"], meta
+            log.error("checkpoint %s cannot be read (%s); trying an older one", path, _reason(failure))
+            unreadable.append((s, _reason(failure)))
+        if unreadable:
+            raise ValueError(
+                f"{manager.directory}: no checkpoint can be read ("
+                + "; ".join(f"{manager.directory / str(s)}: {why}" for s, why in unreadable)
+                + "); not starting from scratch over them: repair them, or move them away to start afresh")
         return None
+
+    def _set_aside(self, manager: ocp.CheckpointManager, step: int) -> None:
+        """Move an unreadable step to workdir/unreadable/ (kept for inspection, no longer a step)."""
+        if jax.process_index() == 0:
+            source = manager.directory / str(step)
+            target = self.workdir / "unreadable" / f"{manager.directory.name}-{step}"
+            while target.exists():
+                target = target.with_name(target.name + "+")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+            log.warning("moved the unreadable checkpoint %s to %s", source, target)
+        _sync(f"jaxlm_set_aside_{manager.directory.name}_{step}")
+        manager.reload()
 
     def check_identity(self, meta: dict, path) -> None:
         theirs = meta.get("identity", {})
@@ -132,7 +248,14 @@ class Checkpoints:
         if self.best is None or self.best.latest_step() is None:
             return None
         step = self.best.latest_step()
-        meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        try:
+            meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001 - an unreadable best: report it and keep the next best instead
+            log.error("best checkpoint %s cannot be read (%s)", self.best.directory / str(step), _reason(e))
+            self._set_aside(self.best, step)
+            return None
+        if self.identity:
+            self.check_identity(meta, self.best.directory / str(step))
         return meta["metrics"].get(self.best_metric)
 
 

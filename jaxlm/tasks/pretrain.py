@@ -66,3 +66,16 @@ def predictions_per_example(config) -> int:
 def baseline(train_examples, examples) -> dict[str, float]:
     """No trivial baseline is reported for pretraining."""
     return {}
+
+
+def batch_spec(config, batch_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype)} of a batch of `batch_size` examples, without reading data (to compile ahead)."""
+    length, predictions = config.data.max_seq_length, config.task.max_predictions_per_seq
+    spec = {key: ((batch_size, length), "int32") for key in ("input_ids", "token_type_ids", "attention_mask",
+                                                            "position_ids")}
+    if config.task.packed:
+        spec["segment_ids"] = ((batch_size, length), "int32")
+    spec.update(masked_positions=((batch_size, predictions), "int32"), masked_ids=((batch_size, predictions), "int32"),
+                masked_weights=((batch_size, predictions), "float32"), nsp_label=((batch_size,), "int32"),
+                nsp_weight=((batch_size,), "float32"))
+    return spec

@@ -1,0 +1,71 @@
+"""Multi-host runs: one jaxlm process per host, joined by `jax.distributed` into one set of devices.
+
+    TPU VM (one host or a pod slice)   automatic: jax finds the workers from the TPU metadata
+    GPU cluster, tests on one machine  explicit: --coordinator HOST:PORT --num-processes N --process-id I
+                                       (or JAXLM_COORDINATOR, JAXLM_NUM_PROCESSES, JAXLM_PROCESS_ID)
+
+After `initialize`, every process runs the same program: it reads only its shard of the data
+(`sharding.host_data_shard`), all processes write and restore the orbax checkpoints together, and only
+process 0 logs at INFO level and writes metrics, plots and the progress bar. A SIGTERM seen by one process
+reaches the others through jax's preemption service (see `train._Preemption`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+ENV = {"coordinator": "JAXLM_COORDINATOR", "num_processes": "JAXLM_NUM_PROCESSES", "process_id": "JAXLM_PROCESS_ID"}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("multi-host (automatic on TPU VMs)")
+    g.add_argument("--coordinator", help=f"HOST:PORT of process 0 (or ${ENV['coordinator']})")
+    g.add_argument("--num-processes", type=int, help=f"processes in the run (or ${ENV['num_processes']})")
+    g.add_argument("--process-id", type=int, help=f"this process, 0 .. N-1 (or ${ENV['process_id']})")
+
+
+def on_tpu_vm() -> bool:
+    """Whether this machine has TPU chips (a Cloud TPU VM)."""
+    from jax._src import hardware_utils  # jax's own TPU detection (the PCI ids of each TPU generation)
+
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Join the run's processes, from the flags, else the JAXLM_* environment, else the TPU VM's metadata.
+
+    Without any of them, and off a TPU VM, this is a single-process run and nothing happens. Call it before
+    anything touches a jax device. (jax is imported here, not with the module: `jaxlm --help` stays quick.)
+    """
+    import jax
+
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    for name, env in ENV.items():
+        if given[name] is None and os.environ.get(env):
+            given[name] = os.environ[env] if name == "coordinator" else _int(env, os.environ[env])
+    if any(v is not None for v in given.values()):
+        missing = [f"--{name.replace('_', '-')} (or ${ENV[name]})" for name, v in given.items() if v is None]
+        if missing:
+            raise ValueError(f"multi-host: also give {' and '.join(missing)}")
+        n, i = given["num_processes"], given["process_id"]
+        if not 0 <= i < n:
+            raise ValueError(f"--process-id {i}: expected 0 <= id < --num-processes {n}")
+        if ":" not in given["coordinator"]:
+            raise ValueError(f"--coordinator {given['coordinator']}: expected HOST:PORT")
+        jax.distributed.initialize(coordinator_address=given["coordinator"], num_processes=n, process_id=i)
+    elif on_tpu_vm():
+        jax.distributed.initialize()
+    else:
+        return
+    if jax.process_index() != 0:  # one voice: process 0 reports, the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def _int(env: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"${env}={text!r}: expected an integer") from None

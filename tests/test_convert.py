@@ -1,0 +1,121 @@
+"""`jaxlm convert` both ways: a Hugging Face BERT -> a jaxlm workdir to fine-tune (or pretrain further) from, and a
+fine-tuned jaxlm workdir -> a Hugging Face classifier that gives `jaxlm predict`'s probabilities."""
+
+import csv
+import pathlib
+import string
+
+import numpy as np
+import pytest
+
+from jaxlm import checkpoint, cli, train
+from jaxlm import config as jaxlm_config
+from jaxlm.data.builders import debian
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+REPO = pathlib.Path(__file__).parents[1]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits,
+         *string.punctuation, *(f"##{c}" for c in string.ascii_lowercase + string.digits)]
+LENGTH = 32
+POS = {"n": "noun", "v": "verb", "a": "adj"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_dir(tmp_path_factory):
+    """A private tfds data dir (the tokenised examples are cached beside it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXLM_DATA_DIR", str(tmp_path_factory.mktemp("data") / "tfds"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory) -> pathlib.Path:
+    """A randomly initialised transformers BertForPreTraining (2 layers, hidden 32) with a character vocab."""
+    directory = tmp_path_factory.mktemp("tiny_hf")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                                     initializer_range=0.2)  # large weights: outputs that differ per text
+    transformers.BertForPreTraining(config).save_pretrained(directory)
+    (directory / "vocab.txt").write_text("".join(p + "\n" for p in VOCAB))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pairs_task(tmp_path_factory) -> pathlib.Path:
+    """A 3-class text-pair task from WordNet: (a lemma, its gloss) -> noun, verb or adjective."""
+    directory = tmp_path_factory.mktemp("pairs")
+    rows = {p: [] for p in POS}
+    for synset in debian.read_wordnet(debian.WORDNET_DIR):
+        pos = synset.key[0]
+        if pos in rows and len(rows[pos]) < 64:
+            rows[pos].append((synset.lemmas[0].replace("_", " "), synset.definition, POS[pos]))
+    mixed = [r for group in zip(*rows.values()) for r in group]  # 192 rows, classes interleaved
+    for split, part in (("train", mixed[:144]), ("validation", mixed[144:])):
+        with open(directory / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("text", "text_b", "label"), *part])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_hf, tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("converted") / "w"
+    assert cli.main(["convert", "--from-hf", str(tiny_hf), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetuned(converted, pairs_task, tmp_path_factory) -> pathlib.Path:
+    """The converted checkpoint fine-tuned for 8 steps with experiments/minilm_finetune.py (any local task)."""
+    root = tmp_path_factory.mktemp("finetuned")
+    c = jaxlm_config.load(str(REPO / "experiments" / "minilm_finetune.py:local_pairs"))
+    jaxlm_config.override(c, [
+        f"model.init_from=jaxlm:{converted}", f"data.path={pairs_task}",
+        f"data.max_seq_length={LENGTH}", "data.buckets=()", "data.batch_size=16", "optim.learning_rate=1e-3",
+        "optim.warmup_steps=1", "train.num_epochs=0", "train.num_steps=8", "train.log_every=4", "mesh.data=1",
+    ])
+    train.train_and_evaluate(c, root / "w")
+    return root / "w"
+
+
+def test_from_hf_gives_the_encoder_to_finetune_and_the_heads_to_pretrain(tiny_hf, converted):
+    hf = transformers.BertForPreTraining.from_pretrained(tiny_hf).state_dict()
+    c = jaxlm_config.base()
+    jaxlm_config.override(c, [f"model.init_from=jaxlm:{converted}", f"data.max_seq_length={LENGTH}"])
+    _, pretrained = train.model_config_from(c, len(VOCAB))  # task 'pretrain': phase 2 keeps the heads
+    assert set(pretrained) == {"bert", "mlm_head", "nsp_head"}
+    np.testing.assert_array_equal(pretrained["nsp_head"]["kernel"], hf["cls.seq_relationship.weight"].numpy().T)
+    np.testing.assert_array_equal(pretrained["mlm_head"]["bias"], hf["cls.predictions.bias"].numpy())
+    np.testing.assert_array_equal(pretrained["bert"]["embeddings"]["word"]["embedding"],
+                                  hf["bert.embeddings.word_embeddings.weight"].numpy())
+    c.task.name = "classify"
+    assert set(train.model_config_from(c, len(VOCAB))[1]) == {"bert"}  # the classifier head starts fresh
+
+
+def test_finetuning_starts_from_the_converted_encoder(converted, finetuned):
+    _, before = checkpoint.restore_params(converted)
+    _, after = checkpoint.restore_params(finetuned)
+    assert "classifier" in after and "mlm_head" not in after
+    rows = lambda p: np.asarray(p["bert"]["embeddings"]["position"]["embedding"])  # noqa: E731
+    # Positions past the data's length get no gradient, only 8 steps of weight decay; the used ones moved.
+    np.testing.assert_allclose(rows(after)[LENGTH:], rows(before)[LENGTH:], rtol=1e-3)
+    assert np.abs(rows(after)[:8] - rows(before)[:8]).max() > 1e-3
+
+
+def test_to_hf_classifier_gives_jaxlm_predict_probabilities(finetuned, tmp_path):
+    out = tmp_path / "hf"
+    assert cli.main(["convert", "--to-hf", str(finetuned), "--out", str(out)]) == 0
+    model = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(out)
+    pairs = [("dog", "a domestic animal"), ("run", "move fast on foot"), ("red", "of the colour of blood"),
+             ("think", "use the mind"), ("table", "a piece of furniture")]
+    inputs = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
+    assert inputs["input_ids"].shape[1] <= LENGTH  # no truncation: the two sides see the same tokens
+    with torch.no_grad():
+        probs = torch.softmax(model(**inputs).logits, -1).numpy()
+    predicted = train.predict(finetuned, [f"{a}\t{b}" for a, b in pairs])
+    assert [label for label, _ in predicted] == [model.config.id2label[i] for i in probs.argmax(-1)]
+    np.testing.assert_allclose([p for _, p in predicted], probs.max(-1), atol=1e-5)
+    assert probs.max(-1).std() > 1e-3  # the fine-tuned classifier tells the texts apart

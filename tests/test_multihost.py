@@ -1,0 +1,122 @@
+"""Multi-host on one machine: two processes of 4 fake CPU devices each, joined by jax.distributed (gloo).
+
+They must train as one process with 8 devices does (up to the order of the collectives' sums), save the
+same step when only one of them is preempted, and resume together from that checkpoint.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxlm import checkpoint, distributed, train
+from test_train import DEMO, data_env, tiny  # noqa: F401 (data_env is a fixture)
+
+STEPS, PREEMPT_AFTER = 30, 3
+FIELDS = {"train.num_steps": STEPS, "train.log_every": 1, "train.checkpoint_every": 100, "data.eval_split": "",
+          "optim.learning_rate": 2e-3}
+
+
+def _overrides(config) -> list[str]:
+    flat = {f"{k}.{f}": v for k in ("model", "data", "task", "optim", "train", "mesh")
+            for f, v in config[k].items() if not isinstance(v, type(config))}
+    return [f"--config.{k}={v}" for k, v in flat.items() if k != "model.overrides"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(workdir, config, *extra):
+    """Two `jaxlm pretrain` processes of one run (4 devices each), their outputs in workdir/../proc<i>.txt."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    procs = []
+    for i in range(2):
+        out = open(workdir.parent / f"proc{i}.txt", "w")
+        args = [sys.executable, "-m", "jaxlm.cli", "pretrain", "--config", f"{DEMO}:pretrain",
+                "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                "--process-id", str(i), *_overrides(config), *extra]
+        procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _finish(workdir, procs, timeout=600) -> tuple[list[dict], list[str]]:
+    """Wait for both processes; each must exit 0. Returns the summaries they printed, and their outputs."""
+    summaries, texts = [], []
+    for i, p in enumerate(procs):
+        try:
+            code = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            code = "timeout"
+        text = (workdir.parent / f"proc{i}.txt").read_text()
+        assert code == 0, f"process {i}: exit {code}\n{text[-3000:]}"
+        summaries.append(json.loads(text[text.rindex("\n{\n") + 1:]))
+        texts.append(text)
+    return summaries, texts
+
+
+def _losses(workdir) -> dict[int, float]:
+    """Train loss by step from metrics.jsonl (its complete lines: it may be being written)."""
+    path = workdir / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    records = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+
+
+def test_two_processes_match_one_agree_on_a_preemption_and_resume(data_env, tmp_path):
+    config = tiny("pretrain", data_env, **FIELDS)
+    reference = tmp_path / "one" / "run"
+    train.train_and_evaluate(config, reference)  # this process: 8 fake devices
+    expected = _losses(reference)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+
+    # Two processes; once they train, preempt process 1 alone: both must stop at, and save, the same step.
+    workdir = tmp_path / "two" / "run"
+    workdir.parent.mkdir()
+    procs = _start(workdir, config)
+    deadline = time.time() + 600
+    while max(_losses(workdir), default=0) < PREEMPT_AFTER and time.time() < deadline and procs[1].poll() is None:
+        time.sleep(0.05)
+    if max(_losses(workdir), default=0) < PREEMPT_AFTER:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"the two processes did not reach step {PREEMPT_AFTER}: {(workdir.parent / 'proc0.txt').read_text()}")
+    procs[1].send_signal(signal.SIGTERM)
+    preempted, _ = _finish(workdir, procs)
+    saved = preempted[0]["step"]
+    assert [s.get("stopped") for s in preempted] == ["preempted", "preempted"], preempted
+    assert preempted[1]["step"] == saved and PREEMPT_AFTER <= saved < STEPS
+    assert checkpoint.Checkpoints(workdir, keep=3, identity={}).latest_step() == saved
+
+    # Both resume from that checkpoint to the end; the whole trajectory is the one-process one.
+    final, outputs = _finish(workdir, _start(workdir, config))
+    assert [s["step"] for s in final] == [STEPS, STEPS]
+    assert f"resumed from {workdir / 'checkpoints' / str(saved)}" in outputs[0]
+    assert "INFO" not in outputs[1] and "step/s" not in outputs[1]  # one voice: process 0 logs, process 1 is quiet
+    got = _losses(workdir)
+    assert sorted(got) == sorted(expected)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)], rtol=1e-5)
+
+
+def test_explicit_multihost_flags_must_come_together(monkeypatch):
+    for name in distributed.ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match=r"--num-processes .*--process-id"):
+        distributed.initialize(coordinator="127.0.0.1:1234")
+    monkeypatch.setenv("JAXLM_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match=r"--process-id 2: expected 0 <= id < --num-processes 2"):
+        distributed.initialize(coordinator="127.0.0.1:1234", process_id=2)
+    with pytest.raises(ValueError, match=r"\$JAXLM_PROCESS_ID='one': expected an integer"):
+        monkeypatch.setenv("JAXLM_PROCESS_ID", "one")
+        distributed.initialize(coordinator="127.0.0.1:1234")
