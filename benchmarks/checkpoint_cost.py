@@ -78,7 +78,6 @@ def trainer_cost(args, tmp: pathlib.Path) -> None:
 
 def base_cost(args, tmp: pathlib.Path) -> None:
     import jax
-    import numpy as np
 
     from jaxlm import checkpoint, optim, sharding, steps, train_state
     from jaxlm.models import bert

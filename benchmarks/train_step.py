@@ -1,35 +1,44 @@
-"""BERT pretraining train step: jaxlm beside transformers' PyTorch `BertForPreTraining`, in the same run.
+"""BERT pretraining train step: jaxlm beside transformers' PyTorch `BertForPreTraining` and KerasHub's BERT.
 
     python benchmarks/train_step.py                      # bert-mini, bert-medium, bert-base at 128 and 512
     python benchmarks/train_step.py --quick              # bert-mini and bert-base at 128
     python benchmarks/train_step.py --shapes bert-base:128,bert-base:512 --batch 8,2
     python benchmarks/train_step.py --quick --mode fwdbwd  # forward + backward only (no optimizer update)
     python benchmarks/train_step.py --device gpu --dtype bfloat16 ...   # what benchmarks/gpu.sh runs
+    bash benchmarks/keras_env.sh                         # once: the KerasHub side's environment (--keras)
 
 The step: MLM (15% of the positions, BERT's 20 of 128 and 77 of 512) + NSP on one synthetic batch (the
-same arrays on both sides: random token ids, two segments, no padding), AdamW (weight decay 0.01 off
+same arrays on every side: random token ids, two segments, no padding), AdamW (weight decay 0.01 off
 biases and LayerNorm, global-norm clipping at 1.0), dropout 0.1 in train mode.
 
   jaxlm   `jaxlm.steps.train_step` (what `jaxlm.train` runs) under `jax.jit` with the shardings of a
           one-device mesh and the state donated; compiled ahead of time (the compile column).
   torch   transformers' `BertForPreTraining` in train mode (its default attention, SDPA), `torch.optim.AdamW`,
           torch.set_num_threads(cores); labels at every position, as HF computes the MLM loss.
+  keras   KerasHub's `BertMaskedLM` on a `BertBackbone` of the same shape, keras 3 on the JAX backend
+          (benchmarks/keras_worker.py, in its own environment benchmarks/.venv-keras that
+          benchmarks/keras_env.sh makes; on by default when it exists): `compile()` with AdamW,
+          `train_on_batch` in a loop (jit-compiled). MLM logits at the masked positions only, and MLM
+          alone: KerasHub's BERT has no NSP head, so its step skips the pooler's backward and the NSP
+          classifier (under 0.1% of the FLOPs). CPU, `--mode train` and attention dropout 0.1 only (its
+          backbone has one dropout rate); its compile column is its first call less one step.
 
 Rows per shape:
   same    both compute MLM logits at every position (the same FLOPs)
   best    each side its own best way: jaxlm gathers the masked positions before the vocabulary projection;
-          torch as transformers ships it (`--torch-gather` adds a torch that gathers too, written by hand).
+          torch as transformers ships it (`--torch-gather` adds a torch that gathers too, written by hand);
+          keras as KerasHub ships it (gathers too). The keras columns are filled on this row only.
 
 Each side runs in its own worker process (one per jaxlm variant), so peak host memory is that process's
-ru_maxrss (what XLA allocates included). The workers take turns - jaxlm, torch, jaxlm, torch, ... - and
-each figure is the median of `--reps` turns; the ratio is the median of the ratios of adjacent turns, so a
-load that drifts during the run moves both sides alike. MFU uses `jaxlm.monitor.train_flops_per_example`
-(encoder, attention, MLM head at the masked positions: the FLOPs the job needs, on every row) against the
-machine's matmul peak: the faster of jax's and torch's float32 2048x2048 matmul (bf16 8192 on a GPU),
-measured in the same run. The load average is printed beside the table: on a shared machine, compare
-ratios from one run rather than absolute numbers across runs.
+ru_maxrss (what XLA allocates included). The workers take turns - jaxlm, torch, keras, jaxlm, torch, keras,
+... - and each figure is the median of `--reps` turns; a ratio is the median of the ratios of the two sides'
+turns in the same round, so a load that drifts during the run moves both sides alike. MFU uses
+`jaxlm.monitor.train_flops_per_example` (encoder, attention, MLM head at the masked positions: the FLOPs the
+job needs, on every row) against the machine's matmul peak: the faster of jax's and torch's float32
+2048x2048 matmul (bf16 8192 on a GPU), measured in the same run. The load average is printed beside the
+table: on a shared machine, compare ratios from one run rather than absolute numbers across runs.
 
-`--mode fwdbwd` times forward + backward only (gradients, no optimizer update) on both sides: the
+`--mode fwdbwd` times forward + backward only (gradients, no optimizer update) on jaxlm and torch: the
 forward + backward figure of the foundation issue.
 """
 
@@ -59,6 +68,8 @@ LAYERS = {  # (layers, hidden, heads, intermediate) of the presets benchmarked; 
     "bert-base": (12, 768, 12, 3072), "bert-large": (24, 1024, 16, 4096),
 }
 H200_SPEC_PEAK, H200_MEASURED_PEAK = 989e12, 790e12
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERAS_PYTHON = os.path.join(HERE, ".venv-keras", "bin", "python")  # benchmarks/keras_env.sh makes it
 
 
 def predictions_of(length: int) -> int:
@@ -308,12 +319,16 @@ class Worker:
             env["CUDA_VISIBLE_DEVICES"] = ""
         else:  # several workers share the GPU: no worker may grab 75% of its memory up front
             env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(HERE)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.name = f"{side}:{spec['variant']}"
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", side, "--spec", json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+        if side == "keras":  # its own interpreter, without jaxlm; the environment (XLA_FLAGS) jaxlm's gets
+            command = [KERAS_PYTHON, os.path.join(HERE, "keras_worker.py")]
+            env["KERAS_BACKEND"] = "jax"
+        else:
+            command = [sys.executable, os.path.abspath(__file__), "--worker", side]
+        self.proc = subprocess.Popen(command + ["--spec", json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -348,6 +363,8 @@ def bench_shape(preset: str, length: int, batch: int, args, tmp: str) -> dict:
     workers["torch:every"] = Worker("torch", {**base, "variant": "every"})
     if args.torch_gather:
         workers["torch:gather"] = Worker("torch", {**base, "variant": "gather"})
+    if args.keras:
+        workers["keras:gather"] = Worker("keras", {**base, "variant": "gather"})
     # Steps per turn: about --turn-seconds each, judged from the first step.
     steps = {k: max(1, round(args.turn_seconds / max(w.info["first_step_s"], 1e-3) / 2)) for k, w in workers.items()}
     for w, n in zip(workers.values(), steps.values()):
@@ -370,6 +387,19 @@ def bench_shape(preset: str, length: int, batch: int, args, tmp: str) -> dict:
                 info={k: w.info for k, w in workers.items()}, closing=closing, load=(load_before, load_after))
 
 
+def keras_unavailable(args) -> str | None:
+    """Why the KerasHub side cannot run with these flags, or None."""
+    if not os.path.exists(KERAS_PYTHON):
+        return "benchmarks/.venv-keras is missing: `bash benchmarks/keras_env.sh` makes it"
+    if args.device != "cpu":
+        return "its environment's jaxlib is CPU-only"
+    if args.mode != "train":
+        return "it times train_on_batch, a whole step"
+    if args.attention_dropout != 0.1:
+        return "KerasHub's backbone has one dropout rate, 0.1 here, attention included"
+    return None
+
+
 def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
@@ -380,13 +410,21 @@ def print_table(results: list[dict], args) -> None:
     what = "train step (fwd+bwd+AdamW)" if args.mode == "train" else "forward+backward"
     mfu_note = "MFU vs spec / vs measured" if gpu else "MFU"
     per_cpu = args.one_core  # pinned workers: figures per CPU-second, robust to other processes' load
+    keras = args.keras  # a third side, filled on the best row only
     print(f"\n{what}, {args.dtype}, {args.device}, attention dropout {args.attention_dropout}; "
           f"medians of {args.reps} alternating turns" + ("; each worker pinned to one core: ratio and MFU from tokens "
                                                           "per CPU-second" if per_cpu else ""))
-    cpu_cols = " jaxlm tok/CPU-s | torch tok/CPU-s |" if per_cpu else ""
-    print(f"| shape (batch) | row | jaxlm tok/s | torch tok/s |{cpu_cols} ratio | {mfu_note} jaxlm | "
-          f"{mfu_note} torch | jaxlm compile s (CPU s) | peak RSS MB jaxlm / torch | load 1m |")
-    print("|---|---|---:|---:|" + ("---:|---:|" if per_cpu else "") + "---:|---:|---:|---:|---:|---:|")
+    sides = ["jaxlm", "torch"] + (["keras"] if keras else [])
+    cols = ([f"{s} tok/s" for s in sides] + [f"{s} tok/CPU-s" for s in sides if per_cpu]
+            + ["jaxlm/torch"] + (["jaxlm/keras"] if keras else []) + [f"{mfu_note} {s}" for s in sides]
+            + ["compile s (CPU s) " + " / ".join(s for s in sides if s != "torch"),
+               "peak RSS MB " + " / ".join(sides), "load 1m"])
+    print("| shape (batch) | row | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---:|" * len(cols))
+
+    def each(cell, keys: list) -> list[str]:
+        return [cell(k) if k else "-" for k in keys]
+
     for r in results:
         measured = max(statistics.median(r["peaks"]["jax"]), statistics.median(r["peaks"]["torch"]))
         peaks = [H200_SPEC_PEAK, measured] if gpu else [measured]
@@ -399,19 +437,22 @@ def print_table(results: list[dict], args) -> None:
         load = f"{r['load'][0][0]:.1f}-{r['load'][1][0]:.1f}"
         speeds = r["cpu_speeds"] if per_cpu else r["speeds"]
         for row, jk, tk in rows:
-            j, t = statistics.median(r["speeds"][jk]), statistics.median(r["speeds"][tk])
-            jc, tc = statistics.median(speeds[jk]), statistics.median(speeds[tk])
-            cpu = f" {jc:,.0f} | {tc:,.0f} |" if per_cpu else ""
+            keys = [jk, tk] + (["keras:gather" if row == "best" else None] if keras else [])  # None: "-"
+            cells = each(lambda k: f"{statistics.median(r['speeds'][k]):,.0f}", keys)
+            if per_cpu:
+                cells += each(lambda k: f"{statistics.median(speeds[k]):,.0f}", keys)
+            cells += each(lambda k: f"{median_ratio(speeds[jk], speeds[k]):.2f}x", keys[1:])
             # pinned: the peaks were measured on the pinned cores too, so per CPU-second over per-core peak
-            mfu = [" / ".join(f"{x * per_token / peak:.0%}" for peak in peaks) for x in (jc, tc)]
-            mem = f"{r['closing'][jk]['maxrss_mb']:.0f} / {r['closing'][tk]['maxrss_mb']:.0f}"
+            cells += each(lambda k: " / ".join(f"{statistics.median(speeds[k]) * per_token / peak:.0%}"
+                                               for peak in peaks), keys)
+            cells.append(" / ".join(each(lambda k: f"{r['info'][k]['compile_s']:.1f} "
+                                                   f"({r['info'][k]['compile_cpu_s']:.1f})", keys[:1] + keys[2:])))
+            mem = " / ".join(each(lambda k: f"{r['closing'][k]['maxrss_mb']:.0f}", keys))
             if gpu:
-                mem += (f" (GPU {r['closing'][jk].get('device_peak_mb', 0):.0f} / "
-                        f"{r['closing'][tk].get('device_peak_mb', 0):.0f})")
-            info = r["info"][jk]
-            print(f"| {r['preset']}@{r['length']} ({r['batch']}) | {row} | {j:,.0f} | {t:,.0f} |{cpu} "
-                  f"{median_ratio(speeds[jk], speeds[tk]):.2f}x | {mfu[0]} | {mfu[1]} | "
-                  f"{info['compile_s']:.1f} ({info['compile_cpu_s']:.1f}) | {mem} | {load} |")
+                mem += " (GPU " + " / ".join(each(lambda k: f"{r['closing'][k].get('device_peak_mb', 0):.0f}",
+                                                  keys)) + ")"
+            cells += [mem, load]
+            print(f"| {r['preset']}@{r['length']} ({r['batch']}) | {row} | " + " | ".join(cells) + " |")
     first = results[0]
     jp = statistics.median(x for r in results for x in r["peaks"]["jax"]) / 1e9
     tp = statistics.median(x for r in results for x in r["peaks"]["torch"]) / 1e9
@@ -422,8 +463,12 @@ def print_table(results: list[dict], args) -> None:
              f"measured ~{H200_MEASURED_PEAK / 1e12:.0f})" if gpu else ""))
     print(f"jaxlm: {first['info']['jax:gather']['versions']} on {first['info']['jax:gather']['device']}; "
           f"torch: {first['info']['torch:every']['versions']} on {first['info']['torch:every']['device']}")
+    if keras:
+        print(f"keras: KerasHub BertMaskedLM, {first['info']['keras:gather']['versions']} on "
+              f"{first['info']['keras:gather']['device']}: MLM only (KerasHub's BERT has no NSP head), train_on_batch; "
+              "its compile figure is its first call less one step")
     print("MFU counts the FLOPs the job needs (MLM head at the masked positions) on every row; "
-          "same = MLM logits at every position on both sides.")
+          "same = MLM logits at every position on jaxlm and torch.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)
@@ -450,10 +495,13 @@ def main() -> None:
     p.add_argument("--turn-seconds", type=float, default=3.0, help="about how long one turn runs")
     p.add_argument("--mode", choices=("train", "fwdbwd"), default="train")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="bfloat16: jaxlm compute dtype (params float32), torch autocast")
+                   help="bfloat16: jaxlm compute dtype (params float32), torch autocast, keras mixed_bfloat16")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--attention-dropout", type=float, default=0.1)
     p.add_argument("--torch-gather", action="store_true", help="add a torch worker that gathers masked positions")
+    p.add_argument("--keras", action=argparse.BooleanOptionalAction,
+                   help="add KerasHub's BertMaskedLM (keras 3, JAX backend) on the best row; default: on when "
+                        "benchmarks/.venv-keras exists (bash benchmarks/keras_env.sh makes it)")
     p.add_argument("--rows", default="same,best", help="'same,best' or 'best' (skips jaxlm's every-position worker)")
     p.add_argument("--model-overrides", default="{}", help='jaxlm model config fields as JSON, e.g. {"remat": "dots"}')
     p.add_argument("--json", help="also write the raw results here")
@@ -469,6 +517,13 @@ def main() -> None:
             os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
         (jax_worker if args.worker == "jax" else torch_worker)(spec)
         return
+    why = keras_unavailable(args)
+    if args.keras and why:
+        p.error(f"--keras: {why}")
+    if args.keras is None:
+        args.keras = why is None
+        if why:
+            print(f"no KerasHub side (--keras): {why}", file=sys.stderr)
     shapes = args.shapes.split(",") if args.shapes else QUICK_SHAPES if args.quick else DEFAULT_SHAPES
     batches = [int(b) for b in args.batch.split(",")] if args.batch else [None] * len(shapes)
     if len(batches) != len(shapes):

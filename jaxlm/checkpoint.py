@@ -25,6 +25,7 @@ import os
 import pathlib
 import re
 import shutil
+import warnings
 from typing import Any
 
 import jax
@@ -86,7 +87,7 @@ class Checkpoints:
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, identity: dict,
                  best_metric: str | None = None, best_mode: str = "max"):
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = pathlib.Path(workdir).absolute()  # orbax (tensorstore) needs absolute paths
         self.identity = identity
         self.best_metric, self.best_mode = best_metric, best_mode
         if self.workdir.exists() and not self.workdir.is_dir():
@@ -264,19 +265,21 @@ def restore_params(workdir: str | pathlib.Path, abstract_params: Any | None = No
     """(meta, params) of a jaxlm workdir's best (else latest) checkpoint, e.g. to fine-tune or predict.
 
     Without `abstract_params` the params come back as host numpy arrays."""
-    workdir = pathlib.Path(workdir)
+    workdir = pathlib.Path(workdir).absolute()  # orbax (tensorstore) needs absolute paths
     for sub in (("best", "checkpoints") if prefer_best else ("checkpoints",)):
         directory = workdir / sub
         if not directory.is_dir():
             continue
-        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
                                         item_names=("state", "data", "meta"))
         step = manager.latest_step()
         if step is None:
             continue
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if abstract_params is None:
-            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
+            with warnings.catch_warnings():  # host arrays wanted: the shardings they were saved with do not matter
+                warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
+                state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
             return meta, state["params"]
         target = {"params": abstract_params}
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
@@ -288,7 +291,7 @@ def restore_params(workdir: str | pathlib.Path, abstract_params: Any | None = No
 
 def write_params(workdir: str | pathlib.Path, identity: dict, params: Any) -> pathlib.Path:
     """A workdir holding only parameters (e.g. an imported Hugging Face checkpoint) to fine-tune from."""
-    directory = pathlib.Path(workdir) / "checkpoints"
+    directory = pathlib.Path(workdir).absolute() / "checkpoints"
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False), item_names=("state", "data", "meta"))
     manager.save(0, args=ocp.args.Composite(

@@ -13,6 +13,7 @@ reaches the others through jax's preemption service (see `train._Preemption`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 
@@ -31,6 +32,17 @@ def on_tpu_vm() -> bool:
     from jax._src import hardware_utils  # jax's own TPU detection (the PCI ids of each TPU generation)
 
     return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+
+
+def skip_absent_tpu() -> None:
+    """Off a TPU VM, keep jax from starting libtpu (installed by the `tpu` and `test` extras, for
+    `jaxlm compile`): it would look for TPU metadata and print errors. A JAX_PLATFORMS already set is kept."""
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None or on_tpu_vm():
+        return
+    import jax
+
+    gpu = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13))
+    jax.config.update("jax_platforms", "cuda,cpu" if gpu else "cpu")
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,

@@ -310,14 +310,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     batches.set_state(data_state)
     step_fn = jit_train_step(run.model, run.task.loss, tx, mesh, shardings, o.accumulate)
     eval_fn = run.eval_fn(shardings.params)
-    flops = monitor.train_flops_per_example(run.model_config, d.max_seq_length,
-                                            run.task.predictions_per_example(config))
+    # Model FLOPs of an example at a batch's length (buckets make fine-tuning batches shorter than the maximum).
+    flops_per_example = functools.cache(functools.partial(
+        monitor.train_flops_per_example, run.model_config, predictions=run.task.predictions_per_example(config)))
     peak = monitor.peak_flops_per_device() * jax.device_count()
     mon = monitor.Monitor(workdir, total_steps=num_steps, start_step=start, config=config,
                           enabled=jax.process_index() == 0)
     preemption = _Preemption()
     rng = jax.random.key(t.seed + 1)
-    sums, window_start, window_steps = None, time.perf_counter(), 0
+    sums, window_start, window_steps, window_flops = None, time.perf_counter(), 0, 0.0
     final: dict[str, Any] = {"step": start}
     step = start
     try:
@@ -335,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     jax.profiler.stop_trace()
                     mon.message(f"profiler trace of steps {t.profile_start}-{step} in {workdir / 'profile'}")
                 window_steps += 1
+                window_flops += flops_per_example(batch["input_ids"].shape[1]) * d.batch_size
                 sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
                 last = step == num_steps
                 if step % t.log_every == 0 or last:
@@ -346,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         tokens_per_s=float(host["tokens"]) / elapsed, steps_per_s=window_steps / elapsed,
                         step_time_s=elapsed / window_steps, skipped_updates=int(state.skipped),
                         tokens=float(host["tokens"]),
-                        mfu=flops * d.batch_size * window_steps / elapsed / peak,
+                        mfu=window_flops / elapsed / peak,
                     )
                     mon.write(step, "train", summary)
                     final["train"] = summary
@@ -356,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         ckpts.save(step, state, batches.get_state(), metrics=summary)
                         final["stopped"] = "nonfinite"
                         break
-                    sums, window_start, window_steps = None, time.perf_counter(), 0
+                    sums, window_start, window_steps, window_flops = None, time.perf_counter(), 0, 0.0
                 mon.advance(step)
                 evaluated = None
                 if eval_examples is not None and (step % t.eval_every == 0 or last):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxlm import checkpoint, distributed, train
-from test_train import DEMO, data_env, tiny  # noqa: F401 (data_env is a fixture)
+from tiny import DEMO, tiny
 
 STEPS, PREEMPT_AFTER = 30, 3
 FIELDS = {"train.num_steps": STEPS, "train.log_every": 1, "train.checkpoint_every": 100, "data.eval_split": "",

@@ -16,7 +16,6 @@ import pytest
 
 from jaxlm import checkpoint, cli, faults, steps, train, train_state
 from jaxlm.models import bert
-from test_train import data_env  # noqa: F401 (a fixture: a private tfds data dir and a 512-piece tokenizer)
 
 REPO = pathlib.Path(__file__).parents[1]
 _spec = importlib.util.spec_from_file_location("reliability", REPO / "scripts" / "reliability.py")
@@ -118,6 +117,15 @@ def test_storage_failing_on_the_nth_write_is_a_clear_error_and_the_last_checkpoi
     # What restore picks is whole: 1, or 2 when only orbax's own _CHECKPOINT_METADATA failed (not needed to read)
     step, state, data, _ = ckpts.restore(_abstract())
     assert data == {"step": step} and float(state["w"][0, 0]) == step
+
+
+def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `jaxlm pretrain --workdir workdirs/demo/pretrain`, as scripts/main.sh runs it
+    _saved("workdirs/run", [1]).close()
+    step, state, data, _ = checkpoint.Checkpoints("workdirs/run", keep=3, identity={"task": "t"}).restore(_abstract())
+    assert step == 1 and data == {"step": 1} and (tmp_path / "workdirs" / "run" / "checkpoints" / "1").is_dir()
+    checkpoint.write_params("workdirs/imported", {}, {"w": np.ones(2)})  # `jaxlm convert --from-hf X --out workdirs/y`
+    assert checkpoint.restore_params("workdirs/imported")[1]["w"].tolist() == [1.0, 1.0]  # init_from="jaxlm:workdirs/y"
 
 
 def test_unwritable_checkpoint_directory_fails_at_start(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from jaxlm import config as jaxlm_config
 from jaxlm import sweep
-from test_train import DEMO, data_env  # noqa: F401 (data_env is a fixture)
+from tiny import DEMO
 
 SWEEP_FILE = '''
 from jaxlm import config as jaxlm_config

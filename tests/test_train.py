@@ -12,47 +12,9 @@ import numpy as np
 import pytest
 
 from jaxlm import checkpoint, cli, optim, sharding, train
-from jaxlm import config as jaxlm_config
+from tiny import DEMO, tiny
 
 REPO = pathlib.Path(__file__).parents[1]
-DEMO = str(REPO / "experiments" / "demo_cpu.py")
-
-
-@pytest.fixture(scope="module")
-def data_env(tmp_path_factory):
-    """A private tfds data dir and a small SentencePiece tokenizer trained on the embedded corpus."""
-    root = tmp_path_factory.mktemp("data")
-    old = os.environ.get("JAXLM_DATA_DIR")
-    os.environ["JAXLM_DATA_DIR"] = str(root / "tfds")
-    from jaxlm.data.tokenizer import train_tokenizer_from_dataset
-
-    train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, out_dir=root / "tok", max_sentences=4000)
-    yield root
-    if old is None:
-        os.environ.pop("JAXLM_DATA_DIR")
-    else:
-        os.environ["JAXLM_DATA_DIR"] = old
-
-
-def tiny(variant: str, data_env, **fields):
-    c = jaxlm_config.load(f"{DEMO}:{variant}")
-    overrides = {
-        "model.preset": "bert-L2-H128", "data.max_seq_length": 32, "data.batch_size": 16,
-        "data.eval_batch_size": 32, "data.tokenizer": str(data_env / "tok"),
-        "data.eval_split": "validation[:48]", "task.max_predictions_per_seq": 5, "optim.warmup_steps": 2,
-        "train.log_every": 5, "train.eval_every": 10, "train.checkpoint_every": 10, "mesh.data": -1,
-    }
-    if variant != "pretrain":
-        overrides.update({"data.buckets": (16,), "data.test_split": "test[:64]"})
-    overrides.update(fields)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        with node.ignore_type():
-            node[leaf] = value
-    return c
 
 
 def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys):
