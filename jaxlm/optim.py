@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.core import meta
 
@@ -32,6 +33,8 @@ NORM_MODULE = "norm"
 def make_schedule(cfg) -> optax.Schedule:
     """Linear warm-up from 0 to `learning_rate`, then linear or cosine decay to 0, or constant."""
     lr, warmup, total = cfg.learning_rate, cfg.warmup_steps, cfg.num_steps
+    if not (lr > 0 and np.isfinite(np.float32(lr))):  # float32: 1e39 is a finite float but an infinite update
+        raise ValueError(f"config.optim.learning_rate={lr}: expected a positive number, finite in float32")
     if not 0 <= warmup < total:
         raise ValueError(f"Need 0 <= config.optim.warmup_steps ({warmup}) < num_steps ({total}).")
     if cfg.schedule == "linear":
@@ -71,6 +74,8 @@ def decay_mask(params: Any) -> Any:
 def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optax transformation, learning-rate schedule) from `cfg` (see the module docstring)."""
     schedule = make_schedule(cfg)
+    if not (cfg.weight_decay >= 0 and np.isfinite(np.float32(cfg.weight_decay))):
+        raise ValueError(f"config.optim.weight_decay={cfg.weight_decay}: expected a number >= 0, finite in float32")
     if cfg.name == "adamw":
         tx = optax.adamw(
             schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask

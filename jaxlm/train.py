@@ -152,6 +152,7 @@ VOLATILE_MODEL_FIELDS = ("remat", "scan_layers", "attention", "dtype", "hidden_d
 def _identity(config, model_config: TransformerConfig, num_labels: int | None) -> dict:
     """What makes a checkpoint this experiment's: a workdir holding another one's is refused."""
     model = {k: v for k, v in _model_dict(model_config).items() if k not in VOLATILE_MODEL_FIELDS}
+    model["dtype"] = config.train.dtype  # bitwise resume is promised for the same compute dtype
     return {"task": config.task.name, "dataset": config.data.dataset, "num_labels": num_labels, "model": model}
 
 
@@ -319,7 +320,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     preemption = _Preemption()
     rng = jax.random.key(t.seed + 1)
     sums, window_start, window_steps, window_flops = None, time.perf_counter(), 0, 0.0
-    final: dict[str, Any] = {"step": start}
+    results = workdir / "results.json"
+    finished = start >= num_steps and results.exists()  # run again after the end: its results stay as they were
+    final: dict[str, Any] = json.loads(results.read_text()) if finished else {"step": start}
     step = start
     try:
         with sharding.mesh_context(mesh):
@@ -391,7 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         final["test"] = {**run.evaluate(eval_fn, state.params, test, d.eval_batch_size),
                          **run.task.baseline(train_examples, test)}
     if jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(final, indent=2) + "\n")
+        results.write_text(json.dumps(final, indent=2) + "\n")
     final["params"] = state.params
     return final
 

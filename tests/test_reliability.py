@@ -5,16 +5,19 @@ import concurrent.futures
 import importlib.util
 import logging
 import pathlib
+import re
 import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from jaxlm import checkpoint, cli, faults, steps, train, train_state
+from jaxlm import checkpoint, cli, faults, optim, steps, train, train_state
+from jaxlm import config as jaxlm_config
 from jaxlm.models import bert
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -190,6 +193,23 @@ def test_an_update_that_would_make_the_parameters_infinite_is_refused():
     new, metrics = steps.train_step(state, batch, jax.random.key(1), model=model, tx=tx, loss=_toy_loss, accumulate=1)
     assert np.isfinite(float(metrics["grad_norm"])) and int(new.skipped) == 1 and int(new.step) == 1
     jax.tree.map(np.testing.assert_array_equal, new.params, params)
+
+
+def test_a_nan_gradient_is_refused_and_a_non_finite_learning_rate_is_a_config_error():
+    """A NaN loss and gradient: the update is refused and counted. A learning rate or weight decay that is not
+    finite in float32 (1e39 is a finite Python float) is refused when the optimizer is made, naming the field."""
+    model, tx = _Toy(), optax.adam(1e-3)
+    batch = {"x": jnp.ones((4, 3)), "t": jnp.full(4, jnp.nan), "attention_mask": jnp.ones((4, 2), jnp.int32)}
+    params = model.init(jax.random.key(0), batch)["params"]
+    state = train_state.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), skipped=jnp.int32(0))
+    new, metrics = steps.train_step(state, batch, jax.random.key(1), model=model, tx=tx, loss=_toy_loss, accumulate=1)
+    assert not np.isfinite(float(metrics["grad_norm"])) and int(new.skipped) == 1 and int(new.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, new.params, params)
+    c = jaxlm_config.base().optim
+    c.num_steps = 10**6
+    for field, value in (("learning_rate", 1e39), ("learning_rate", float("nan")), ("weight_decay", float("inf"))):
+        with pytest.raises(ValueError, match=re.escape(f"config.optim.{field}={value}: expected")):
+            optim.make_optimizer(ml_collections.ConfigDict({**c.to_dict(), field: value}))
 
 
 # ------------------------------------------------------------------------------------------- bad input

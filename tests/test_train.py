@@ -29,6 +29,9 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys):
         assert (pre / name).exists(), name
     assert list((pre / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((pre / "run.json").read_text())["versions"]["jax"] == jax.__version__
+    saved = json.loads((pre / "results.json").read_text())
+    again = train.train_and_evaluate(tiny("pretrain", data_env, **{"train.num_steps": 20}), pre)  # a finished run
+    assert again["step"] == 20 and json.loads((pre / "results.json").read_text()) == saved  # keeps its results
 
     fine = tmp_path / "finetune"
     c = tiny("finetune", data_env, **{"train.num_steps": 20, "model.init_from": f"jaxlm:{pre}",
