@@ -31,20 +31,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxlm import faults
+from jaxlm import distributed, faults
 
 log = logging.getLogger(__name__)
 
 
 class StorageError(OSError):
     """A checkpoint that cannot be written: the message names it, the cause and the last complete one."""
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
@@ -90,8 +83,6 @@ class Checkpoints:
         self.workdir = pathlib.Path(workdir).absolute()  # orbax (tensorstore) needs absolute paths
         self.identity = identity
         self.best_metric, self.best_mode = best_metric, best_mode
-        if self.workdir.exists() and not self.workdir.is_dir():
-            raise NotADirectoryError(f"--workdir {self.workdir}: exists and is not a directory")
         self.latest = _manager(self.workdir / "checkpoints", keep)
         self.best = _manager(self.workdir / "best", 1) if best_metric else None
         self.best_value = self._recorded_best()
@@ -107,7 +98,7 @@ class Checkpoints:
     # ------------------------------------------------------------------ saving
 
     def save(self, step: int, state: Any, data_state: dict, *, metrics: dict | None = None) -> None:
-        """Start an asynchronous save of `step` (returns while it is written)."""
+        """Start an asynchronous save of `step` (returns while it is written, once a best/ save in flight is done)."""
         args = self._args(state, data_state, metrics)
         if self.best is not None:  # a best save in flight completes first: if it fails, the run stops before
             with self._writing(self.best, None):  # the latest moves past its step (a relaunch redoes it)
@@ -232,7 +223,7 @@ class Checkpoints:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
             log.warning("moved the unreadable checkpoint %s to %s", source, target)
-        _sync(f"jaxlm_set_aside_{manager.directory.name}_{step}")
+        distributed.sync(f"jaxlm_set_aside_{manager.directory.name}_{step}")
         manager.reload()
 
     def check_identity(self, meta: dict, path) -> None:

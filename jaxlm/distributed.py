@@ -76,6 +76,16 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         logging.getLogger().setLevel(logging.WARNING)
 
 
+def sync(name: str) -> None:
+    """Wait until every process gets here (a no-op with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _int(env: str, text: str) -> int:
     try:
         return int(text)

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxlm import checkpoint, faults, hf, monitor, optim, sharding, train_state
+from jaxlm import checkpoint, distributed, faults, hf, monitor, optim, sharding, train_state
 from jaxlm.data import pipeline
 from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
 from jaxlm.models import bert
@@ -79,7 +79,7 @@ def resolve_tokenizer(config, workdir: pathlib.Path):
                 d.dataset, vocab_size=d.vocab_size, model_type=d.tokenizer_model_type, out_dir=own,
                 max_sentences=d.tokenizer_max_sentences, data_dir=d.data_dir or None, path=d.path or None,
                 text_field=d.text_fields[0], split=d.train_split, seed=config.train.seed)
-        _sync("tokenizer")
+        distributed.sync("tokenizer")
         return load_tokenizer(own)
     tokenizer = load_tokenizer(tokenizer_source(config))
     if jax.process_index() == 0:
@@ -93,13 +93,6 @@ def tokenizer_source(config) -> str:
         return config.data.tokenizer
     kind, _, where = config.model.init_from.partition(":")
     return where if kind == "hf" else str(pathlib.Path(where) / "tokenizer")
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict | None]:
