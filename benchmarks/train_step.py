@@ -136,13 +136,15 @@ def _serve(step, peak, extra=None) -> None:
             return
 
 
-def jax_worker(spec: dict) -> None:
+def build_jax_step(spec: dict):
+    """jaxlm's step for `spec` (preset, length, batch_file, variant, mode, dtype, attention_dropout,
+    model_overrides), compiled ahead of time: (compiled, state, batch, rng, timings)."""
     import functools
     import types
 
     import jax
 
-    from jaxlm import monitor, optim, sharding, steps, train_state
+    from jaxlm import optim, sharding, steps, train_state
     from jaxlm.models import bert
     from jaxlm.tasks import pretrain
 
@@ -169,10 +171,7 @@ def jax_worker(spec: dict) -> None:
         batch = jax.device_put(arrays, sharding.batch_sharding(mesh))
         rng = jax.random.key(1)
         if spec["mode"] == "train":
-            fn = jax.jit(
-                functools.partial(steps.train_step, model=model, tx=tx, loss=pretrain.loss, accumulate=1),
-                in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-                out_shardings=(shardings, replicated), donate_argnums=(0,))
+            fn = steps.jit_train_step(model, pretrain.loss, tx, mesh, shardings, accumulate=1)
         else:  # forward + backward: the gradients train_step computes, without the update
             def fwd_bwd(state, batch, rng):
                 def loss_fn(params, micro_batch, r):
@@ -189,6 +188,15 @@ def jax_worker(spec: dict) -> None:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()
         compiled = fn.lower(state, batch, rng).compile()
         compile_s, compile_cpu_s = time.perf_counter() - t0, _cpu_seconds() - cpu0
+    return compiled, state, batch, rng, dict(setup_s=setup_s, compile_s=compile_s, compile_cpu_s=compile_cpu_s)
+
+
+def jax_worker(spec: dict) -> None:
+    import jax
+
+    from jaxlm import monitor
+
+    compiled, state, batch, rng, timings = build_jax_step(spec)
     holder = {"state": state}
 
     def step(n: int) -> float:
@@ -221,8 +229,7 @@ def jax_worker(spec: dict) -> None:
             return {"device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20}
         return {}
 
-    _reply({"ready": True, "setup_s": setup_s, "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
-            "first_step_s": first,
+    _reply({"ready": True, **timings, "first_step_s": first,
             "device": jax.devices()[0].device_kind, "versions": f"jax {jax.__version__}"})
     _serve(step, peak, extra)
 

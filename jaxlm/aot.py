@@ -2,7 +2,7 @@
 
     jaxlm compile --config experiments/FILE.py[:variant] --topology v5e-16 [--config.FIELD=VALUE ...]
 
-The step compiled is the trainer's own (`train.jit_train_step` on the shardings `sharding.abstract_state`
+The step compiled is the trainer's own (`steps.jit_train_step` on the shardings `sharding.abstract_state`
 derives), for the config's model, optimizer, mesh and global batch, on the devices libtpu describes for the
 topology. The report: memory per device (arguments, outputs, temporaries), the FLOPs of a step, and the
 largest global batch that fits (compiles, searched by bisection). XLA refuses a program that does not fit
@@ -22,7 +22,7 @@ import time
 import jax
 import ml_collections
 
-from jaxlm import monitor, optim, sharding, train, train_state
+from jaxlm import monitor, optim, sharding, steps, train, train_state
 from jaxlm.models import bert
 
 GIB = 1024**3
@@ -119,7 +119,7 @@ class TrainStep:
         key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no array on this machine's devices
         with sharding.mesh_context(self.mesh):
             self.state = sharding.abstract_state(init, self.mesh, key)
-        self.step = train.jit_train_step(model, self.task.loss, tx, self.mesh,
+        self.step = steps.jit_train_step(model, self.task.loss, tx, self.mesh,
                                          jax.tree.map(lambda x: x.sharding, self.state), o.accumulate)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)

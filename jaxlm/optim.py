@@ -76,6 +76,11 @@ def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = make_schedule(cfg)
     if not (cfg.weight_decay >= 0 and np.isfinite(np.float32(cfg.weight_decay))):
         raise ValueError(f"config.optim.weight_decay={cfg.weight_decay}: expected a number >= 0, finite in float32")
+    if not (np.float32(cfg.eps) > 0 and np.isfinite(np.float32(cfg.eps))):  # 0: a parameter without gradient gets 0/0
+        raise ValueError(f"config.optim.eps={cfg.eps}: expected a positive number, finite in float32")
+    for field in ("b1", "b2"):  # b2 = 1: Adam's bias correction divides by 1 - b2^t = 0
+        if not 0 <= getattr(cfg, field) < 1:
+            raise ValueError(f"config.optim.{field}={getattr(cfg, field)}: expected a number in [0, 1)")
     if cfg.name == "adamw":
         tx = optax.adamw(
             schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask

@@ -32,7 +32,7 @@ from jaxlm.data import pipeline
 from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
 from jaxlm.models import bert
 from jaxlm.models.transformer import TransformerConfig, stack_layers, unstack_layers
-from jaxlm.steps import eval_step, train_step
+from jaxlm.steps import eval_step, jit_train_step
 from jaxlm.tasks import classify, pretrain
 
 log = logging.getLogger(__name__)
@@ -248,18 +248,6 @@ class _Preemption:
     def close(self):
         if not self._multihost:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def jit_train_step(model, loss, tx, mesh, shardings, accumulate: int):
-    """The train step under jit with its shardings, the state donated: what training runs, and what
-    `jaxlm compile` (jaxlm.aot) compiles ahead of time for a TPU topology."""
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(
-        functools.partial(train_step, model=model, tx=tx, loss=loss, accumulate=accumulate),
-        in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-        out_shardings=(shardings, replicated),
-        donate_argnums=(0,),
-    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:

@@ -72,13 +72,14 @@ def _bert_large_width(vocab: int, fsdp: bool, batch: int):
 def test_fsdp_fits_where_data_parallelism_does_not():
     """2 layers at bert-large width with a vocabulary of 2^20: 1.1B parameters, whose float32 values, Adam
     moments and gradients (17.6 GB) every chip of a v5e-16 (16 GB) would hold under pure data parallelism, but
-    only 1/16 of under FSDP. The same batch fits with FSDP (about 10 GB per chip) and not without."""
+    only 1/16 of under FSDP. The same batch fits with FSDP and not without. (About 14 GiB per chip: the tied MLM
+    decoder's gradient, 4 GiB in float32 for this vocabulary, is formed whole on each chip before it is reduced.)"""
     with pytest.raises(aot.DoesNotFit, match=r"config.data.batch_size=16 does not fit on v5e-16 \(16 GiB per "
                                              r"device\) with mesh \{'data': 16, 'fsdp': 1, 'tensor': 1\}: XLA ran "
                                              r"out of HBM"):
         aot.report(_bert_large_width(VOCAB, fsdp=False, batch=16), "v5e-16", search=False)
     r = aot.report(_bert_large_width(VOCAB, fsdp=True, batch=16), "v5e-16", search=False)
-    assert r["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1} and r["hbm_fraction"] < 0.8
+    assert r["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1} and r["hbm_fraction"] < 0.95
     assert r["flops_per_step"] == pytest.approx(r["model_flops_per_step"], rel=0.15)  # XLA counts what MFU counts
     params = VOCAB * 1024 + 2 * 12.6e6 + 2.6e6  # embeddings (the MLM decoder is tied), 2 layers, heads
     # Each chip holds 1/16 of the float32 parameters and moments (a few replicated vectors, tile padding).

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, cli, optim, sharding, train
+from jaxlm import checkpoint, cli, optim, sharding, steps, train
 from tiny import DEMO, tiny
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -136,7 +136,7 @@ def test_gradient_accumulation_matches_one_large_batch(data_env):
     state, _ = sharding.init_sharded(init, run.mesh, jax.random.key(0))
     outs = []
     for accumulate in (1, 4):
-        step = jax.jit(functools.partial(train.train_step, model=run.model, tx=tx, loss=run.task.loss,
+        step = jax.jit(functools.partial(steps.train_step, model=run.model, tx=tx, loss=run.task.loss,
                                          accumulate=accumulate))
         new_state, metrics = step(state, batch, jax.random.key(1))
         outs.append((new_state.params, metrics))
