@@ -35,6 +35,14 @@ a disk every host sees at data.data_dir; each host's first run then tokenises th
 pretraining instances (several hours in one process), as phase 2 does again at length 512. Memory per chip,
 checked before a TPU is paid for: `jaxlm compile --config experiments/bert_base_wikipedia.py:phase1 --topology v4-32`.
 
+XLA flags. On TPU, the ones below let collectives overlap with compute (asynchronous all-gathers and collective
+fusion, as MaxText's TPU configs set them; what FSDP needs most, harmless under data parallelism); `TPU_XLA_FLAGS`
+holds them, and tpu/tpu.py passes them as LIBTPU_INIT_ARGS:
+`python tpu/tpu.py up ... --xla-flags "$(python -c 'import experiments.bert_base_wikipedia as e; print(e.TPU_XLA_FLAGS)')"
+-- pretrain ...`. libtpu 0.10.2 accepts them (`LIBTPU_INIT_ARGS="..." jaxlm compile ... --topology v5e-16` compiles);
+their speed-up was not measured here (no TPU). On GPUs with several devices, `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true`
+does the same for NCCL collectives; on one GPU no flag is needed (cuDNN attention is chosen in the model).
+
 Expected (not measured here): the final MLM loss around 1.4-1.8 and NSP accuracy 97-98% (NSP loss ~0.05-0.1).
 Sources: BERT's paper reports 97-98% NSP accuracy for its final model (Section 3.1, footnote); RoBERTa (Liu et
 al. 2019, Table 3) reports a held-out perplexity of 3.99, an MLM loss of ln 3.99 = 1.38, for BERT-base trained
@@ -45,6 +53,15 @@ so jaxlm's SentencePiece run is comparable to these only roughly.
 from jaxlm import config as jaxlm_config
 
 WORKDIR = "workdirs/bert_base_wikipedia"
+TPU_XLA_FLAGS = " ".join([
+    "--xla_enable_async_all_gather=true",
+    "--xla_tpu_enable_async_collective_fusion=true",
+    "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true",
+    "--xla_tpu_enable_async_collective_fusion_multiple_steps=true",
+    "--xla_tpu_overlap_compute_collective_tc=true",
+    "--xla_tpu_enable_data_parallel_all_reduce_opt=true",
+    "--xla_tpu_data_parallel_opt_different_sized_ops=true",
+])
 
 
 def get_config(variant: str = "phase1"):

@@ -113,7 +113,7 @@ class TrainStep:
         self.config, self.devices = config, devices
         self.model_config, model, self.task = _model(config)
         self.mesh = sharding.make_mesh(m.data, m.fsdp, m.tensor, devices=devices)
-        self.unit = self.mesh.shape["data"] * self.mesh.shape["fsdp"] * o.accumulate  # batch sizes: multiples
+        self.unit = sharding.batch_unit(self.mesh, o.accumulate)  # batch sizes: multiples of it
         tx, _ = optim.make_optimizer(ml_collections.ConfigDict({**o.to_dict(), "num_steps": config.train.num_steps or 1}))
         init = functools.partial(train_state.create, model, tx, max_seq_length=config.data.max_seq_length)
         key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no array on this machine's devices
@@ -126,9 +126,7 @@ class TrainStep:
 
     def compile(self, batch_size: int) -> Compiled:
         """Compile at global `batch_size`; DoesNotFit when XLA runs out of HBM."""
-        if batch_size % self.unit:
-            raise ValueError(f"config.data.batch_size={batch_size} must be divisible by config.mesh.data*"
-                             f"config.mesh.fsdp*config.optim.accumulate={self.unit} on {len(self.devices)} devices")
+        sharding.check_batch_size("batch_size", batch_size, self.mesh, self.config.optim.accumulate)
         rows = sharding.batch_sharding(self.mesh)
         batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
                  for k, (shape, dtype) in self.task.batch_spec(self.config, batch_size).items()}

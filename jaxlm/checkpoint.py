@@ -89,7 +89,7 @@ class Checkpoints:
         newest = self.latest.latest_step()
         if identity and newest is not None:  # (an empty identity: opened only to look at the steps)
             try:
-                meta = self.latest.restore(newest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                meta = self._read_meta(self.latest, newest)
             except Exception:  # noqa: BLE001 - unreadable: `restore` reports it and falls back
                 meta = None
             if meta is not None:
@@ -122,6 +122,8 @@ class Checkpoints:
         )
         if not better:
             return False
+        if step in self.best.all_steps():  # this step evaluated again after a resume (on another mesh, say):
+            return False                   # the best/ save of its first evaluation stays
         with self._writing(self.best, step):
             self.best.wait_until_finished()
             self.best.save(step, args=self._args(state, data_state, metrics), force=True)
@@ -178,9 +180,10 @@ class Checkpoints:
 
         `abstract_state` holds ShapeDtypeStructs with shardings: the state is restored straight onto that
         mesh, whatever the mesh it was saved from. A checkpoint that cannot be read is reported with its
-        path and the previous one is tried; once one is restored, the unreadable newer ones are moved to
-        `unreadable/` (so that their steps can be saved again). Checkpoints none of which can be read raise
-        ValueError: a run never starts from scratch over them.
+        path and the previous one is tried (on every host when one host cannot read it); once one is
+        restored, the unreadable newer ones are moved to `unreadable/` (so that their steps can be saved
+        again). Checkpoints none of which can be read raise ValueError: a run never starts from scratch
+        over them.
         """
         manager = self.latest if which == "latest" else self.best
         if manager is None:
@@ -189,29 +192,44 @@ class Checkpoints:
         unreadable = []
         for s in steps:
             path = manager.directory / str(s)
+            meta, restored, failure = None, None, None
             try:
-                meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                meta = self._read_meta(manager, s)
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: report it, try the previous one
-                meta, failure = None, e
-            if meta is not None:
+                failure = e
+            # Every host restores the same step: one that cannot read it makes all of them try the previous.
+            # (A host failing inside orbax's collective restore below is beyond this: orbax's barrier waits.)
+            if distributed.all_agree(failure is None):
                 self.check_identity(meta, path)  # another experiment's checkpoint is refused, not skipped
                 try:
                     restored = manager.restore(s, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
                 except Exception as e:  # noqa: BLE001
                     failure = e
-                else:
+                if distributed.all_agree(failure is None):
                     for bad, _ in unreadable:
                         self._set_aside(manager, bad)
                     return s, restored["state"], restored["data"], meta
-            log.error("checkpoint %s cannot be read (%s); trying an older one", path, _reason(failure))
-            unreadable.append((s, _reason(failure)))
+            why = _reason(failure) if failure is not None else "another process cannot read it"
+            log.error("checkpoint %s cannot be read (%s); trying an older one", path, why)
+            unreadable.append((s, why))
         if unreadable:
             raise ValueError(
                 f"{manager.directory}: no checkpoint can be read ("
                 + "; ".join(f"{manager.directory / str(s)}: {why}" for s, why in unreadable)
                 + "); not starting from scratch over them: repair them, or move them away to start afresh")
         return None
+
+    @staticmethod
+    def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+        """A step's meta item, read by this process alone: orbax's manager would hold a barrier with the
+        other hosts, which a host that cannot read the step never reaches."""
+        faults.hit("read", step)
+        directory = manager.directory / str(step) / "meta"
+        meta = ocp.JsonCheckpointHandler().restore(directory, args=ocp.args.JsonRestore())
+        if not isinstance(meta, dict):
+            raise ValueError("its meta item is missing")
+        return meta
 
     def _set_aside(self, manager: ocp.CheckpointManager, step: int) -> None:
         """Move an unreadable step to workdir/unreadable/ (kept for inspection, no longer a step)."""
@@ -240,10 +258,14 @@ class Checkpoints:
         if self.best is None or self.best.latest_step() is None:
             return None
         step = self.best.latest_step()
+        meta, failure = None, None
         try:
-            meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            meta = self._read_meta(self.best, step)
         except Exception as e:  # noqa: BLE001 - an unreadable best: report it and keep the next best instead
-            log.error("best checkpoint %s cannot be read (%s)", self.best.directory / str(step), _reason(e))
+            failure = e
+        if not distributed.all_agree(failure is None):
+            why = _reason(failure) if failure is not None else "another process cannot read it"
+            log.error("best checkpoint %s cannot be read (%s)", self.best.directory / str(step), why)
             self._set_aside(self.best, step)
             return None
         if self.identity:

@@ -67,7 +67,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             raise ValueError(f"--process-id {i}: expected 0 <= id < --num-processes {n}")
         if ":" not in given["coordinator"]:
             raise ValueError(f"--coordinator {given['coordinator']}: expected HOST:PORT")
-        jax.distributed.initialize(coordinator_address=given["coordinator"], num_processes=n, process_id=i)
+        try:
+            jax.distributed.initialize(coordinator_address=given["coordinator"], num_processes=n, process_id=i)
+        except RuntimeError as e:  # the coordinator unreachable, the others never came: one line, not a traceback
+            raise OSError(f"multi-host: process {i} of {n} could not join the run at --coordinator "
+                          f"{given['coordinator']}: {str(e).strip().splitlines()[0][:300]}") from e
     elif on_tpu_vm():
         jax.distributed.initialize()
     else:
@@ -84,6 +88,19 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def all_agree(ok: bool) -> bool:
+    """True on every process when `ok` is true on every process (each passes its own): for decisions that
+    must not differ between hosts, e.g. whether a checkpoint can be read."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))  # int: gloo mis-sizes a bool
 
 
 def _int(env: str, text: str) -> int:

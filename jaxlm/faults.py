@@ -12,12 +12,14 @@ STEP is the training step a point belongs to (the step number its checkpoint wou
     batch    the batch of update STEP, before it is sent to the devices (only with the action 'nan')
     write    here the number is not a step but N: the N-th file that orbax opens for writing in this
              process (its metadata and JSON items; the arrays go through tensorstore), with 'ioerror'
+    read     reading checkpoint STEP when restoring, in this process only, with 'ioerror' (a host that
+             cannot read a checkpoint the others can)
 
 Actions (the default is the first that fits the point): 'kill' (SIGKILL: no clean-up runs), 'term'
 (SIGTERM, as a preempted TPU VM gets), 'pause' (wait for a signal from outside, e.g. a real SIGTERM sent
 by a test once it reads this point's line on stderr; main-thread points only), 'nan' (the batch's float
 inputs become NaN: a loss and gradient that diverge), 'ioerror' (the write fails with ENOSPC, as on a full
-disk: storage failing on its N-th write).
+disk: storage failing on its N-th write; EIO reading a checkpoint).
 
 Unarmed (no JAXLM_FAULT), `hit` and `poison` are no-op functions and orbax is left untouched.
 """
@@ -31,9 +33,9 @@ import sys
 
 import numpy as np
 
-POINTS = ("step", "eval", "save", "commit", "batch", "write")
+POINTS = ("step", "eval", "save", "commit", "batch", "write", "read")
 ACTIONS = ("kill", "term", "pause", "nan", "ioerror")
-ONLY = {"nan": "batch", "ioerror": "write"}  # actions that belong to one point (and it to them)
+ONLY = {"batch": "nan", "write": "ioerror", "read": "ioerror"}  # points that take one action (their default)
 
 _plan: dict[tuple[str, int], str] = {}
 _step = 0  # the latest step the trainer passed (for points that do not know it: eval)
@@ -46,12 +48,12 @@ def parse(spec: str) -> dict[tuple[str, int], str]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         point, _, rest = part.partition(":")
         step, _, action = rest.partition(":")
-        action = action or ("ioerror" if point == "write" else "nan" if point == "batch" else "kill")
-        paired = ONLY.get(action)
+        action = action or ONLY.get(point, "kill")
         if point not in POINTS or not step.isdigit() or action not in ACTIONS or (
-                paired != point and (paired or point in ONLY.values())):
+                ONLY.get(point, action) != action or (action in ONLY.values() and point not in ONLY)):
             raise ValueError(f"JAXLM_FAULT={spec!r}: expected POINT:STEP[:ACTION] with POINT one of {POINTS}, "
-                             f"ACTION one of {ACTIONS} ('nan' only with 'batch', 'ioerror' only with 'write')")
+                             f"ACTION one of {ACTIONS} ('nan' only with 'batch', 'ioerror' only with 'write' "
+                             "or 'read')")
         plan[(point, int(step))] = action
     return plan
 
@@ -74,6 +76,8 @@ def _hit(point: str, step: int | None = None) -> None:
     if action is None:
         return
     print(f"jaxlm fault injection: {action} at {point}:{step}", file=sys.stderr, flush=True)
+    if action == "ioerror":
+        raise OSError(errno.EIO, os.strerror(errno.EIO) + " (injected)", f"{point}:{step}")
     if action == "pause":
         signal.pause()  # until a signal's handler has run: a test sends a real SIGTERM from outside
         return

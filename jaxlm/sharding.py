@@ -196,6 +196,21 @@ def host_data_shard(mesh: Mesh) -> tuple[int, int]:
     return first // count, total // count
 
 
+def check_batch_size(field: str, size: int, mesh: Mesh, accumulate: int = 1) -> None:
+    """A batch splits evenly over the devices that shard it (data x fsdp), and each device's rows over the
+    micro-batches of gradient accumulation (so that no row moves between devices): the one rule, checked by
+    the trainer at start-up and by `jaxlm compile`."""
+    unit = batch_unit(mesh, accumulate)
+    if size % unit:
+        what = "config.mesh.data*config.mesh.fsdp" + ("*config.optim.accumulate" if accumulate > 1 else "")
+        raise ValueError(f"config.data.{field}={size} must be divisible by {what}={unit}")
+
+
+def batch_unit(mesh: Mesh, accumulate: int = 1) -> int:
+    """The number every batch size must be a multiple of (see `check_batch_size`)."""
+    return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES])) * accumulate
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows of the global batch (leading dim) -> global arrays sharded by `batch_sharding`."""
     _, count, total = _host_batch_shards(mesh)

@@ -62,12 +62,29 @@ def load_spec(path: str) -> dict:
     if spec["mode"] not in ("max", "min"):
         raise jaxlm_config.ConfigError(f"{file}: get_sweep()['mode']={spec['mode']!r}: expected 'max' or 'min'")
     for field, dist in spec["random"].items():
-        if dist[0] not in DISTRIBUTIONS:
-            raise jaxlm_config.ConfigError(f"{file}: get_sweep()['random'][{field!r}]={dist!r}: expected one of "
-                                           f"{DISTRIBUTIONS}")
+        why = _bad_distribution(dist)
+        if why:
+            raise jaxlm_config.ConfigError(f"{file}: get_sweep()['random'][{field!r}]={dist!r}: {why}")
     if not spec["seeds"]:
         raise jaxlm_config.ConfigError(f"{file}: get_sweep()['seeds'] is empty")
     return spec
+
+
+def _bad_distribution(dist) -> str | None:
+    """What is wrong with a distribution of get_sweep()['random'], or None."""
+    if not isinstance(dist, (tuple, list)) or not dist or dist[0] not in DISTRIBUTIONS:
+        return f"expected a tuple whose first item is one of {DISTRIBUTIONS}"
+    kind, *args = dist
+    if kind == "choice":
+        return None if len(args) == 1 and isinstance(args[0], (list, tuple)) and args[0] else \
+            "expected ('choice', [value, ...]) with at least one value"
+    if len(args) != 2 or not all(isinstance(a, (int, float)) and math.isfinite(a) for a in args) or args[0] > args[1]:
+        return f"expected ({kind!r}, low, high) with finite numbers low <= high"
+    if kind == "int" and not all(isinstance(a, int) for a in args):
+        return "expected ('int', low, high) with integers"
+    if kind == "log_uniform" and args[0] <= 0:
+        return "expected ('log_uniform', low, high) with 0 < low <= high"
+    return None
 
 
 def _draw(rng: random.Random, dist) -> Any:
@@ -122,9 +139,10 @@ class Trial:
         path = self.dir / "trial.json"
         return json.loads(path.read_text()) if path.exists() else {"status": "new"}
 
-    def results(self) -> dict:
+    def results(self, since: float = 0.0) -> dict:
+        """The run's results.json; {} if there is none, or none written since `since` (a time.time())."""
         path = self.workdir / "results.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return json.loads(path.read_text()) if path.exists() and path.stat().st_mtime >= since else {}
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +157,7 @@ class Trial:
 
     def finish(self, interrupted: bool) -> str:
         code = self.process.returncode
-        stopped = self.results().get("stopped")
+        stopped = self.results(since=self.started).get("stopped")  # not an earlier attempt's
         if code == 0 and stopped != "preempted":
             status = "done"
         elif interrupted or stopped == "preempted":

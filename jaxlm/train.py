@@ -182,11 +182,9 @@ class Run:
         sizes = (m.data, m.fsdp, m.tensor)
         devices = jax.devices()[: int(np.prod(sizes))] if min(sizes) > 0 else None  # fewer devices than all
         mesh = sharding.make_mesh(*sizes, devices=devices)
-        shards = int(np.prod([mesh.shape[axis] for axis in sharding.BATCH_AXES]))
-        for field in ("batch_size", "eval_batch_size"):  # before anything is written or compiled
-            if config.data[field] % shards:
-                raise ValueError(f"config.data.{field}={config.data[field]} must be divisible by "
-                                 f"config.mesh.data*config.mesh.fsdp={shards}")
+        # Before anything is written or compiled.
+        sharding.check_batch_size("batch_size", config.data.batch_size, mesh, config.optim.accumulate)
+        sharding.check_batch_size("eval_batch_size", config.data.eval_batch_size, mesh)
         if config.task.name not in TASKS:
             raise ValueError(f"config.task.name={config.task.name!r}: expected one of {sorted(TASKS)}")
         task = TASKS[config.task.name]
@@ -262,6 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                    best_metric=t.best_metric or None, best_mode=t.best_mode)
     train_examples = run.task.examples(config, run.tokenizer, d.train_split)
     eval_examples = run.task.examples(config, run.tokenizer, d.eval_split) if d.eval_split else None
+    # Read now, not after training: a test split that cannot be used (no labels, say) fails before the run.
+    test_examples = run.task.examples(config, run.tokenizer, d.test_split) if d.test_split else None
     truncated = getattr(train_examples, "num_truncated", 0)
     if truncated:
         log.info("%d of %d training texts were truncated to data.max_seq_length=%d", truncated,
@@ -370,10 +370,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             preemption.close()
             mon.close()
     final["step"] = step
-    if d.test_split and step == num_steps:  # the final parameters on the test split, beside the baseline
-        test = run.task.examples(config, run.tokenizer, d.test_split)
-        final["test"] = {**run.evaluate(eval_fn, state.params, test, d.eval_batch_size),
-                         **run.task.baseline(train_examples, test)}
+    if test_examples is not None and step == num_steps:  # the final parameters on the test split, and the baseline
+        final["test"] = {**run.evaluate(eval_fn, state.params, test_examples, d.eval_batch_size),
+                         **run.task.baseline(train_examples, test_examples)}
     if jax.process_index() == 0:
         results.write_text(json.dumps(final, indent=2) + "\n")
     final["params"] = state.params

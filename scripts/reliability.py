@@ -463,6 +463,8 @@ BAD_INPUTS = {  # name -> (argv from a Context, words the one-line message must 
                                    ["label 'animal' is not a number"]),
     "unlabelled (-1) train split": (lambda c: c.finetune("unlabelled", **{"data.train_split": "test"}),
                                     ["split 'test'", "have no label"]),
+    "unlabelled test split": (lambda c: c.finetune("unlabelled-test", **{"data.test_split": "test"}),
+                              ["split 'test'", "have no label"]),
     "batch not divisible by data x fsdp": (lambda c: c.pretrain("batch", **{"data.batch_size": 15}),
                                            ["batch_size=15", "divisible"]),
     "workdir of another experiment": (lambda c: c.lab.argv(c.trained, **{"model.preset": "bert-L4-H128"}),
@@ -501,6 +503,10 @@ def check_bad_input(name: str, ctx: Context, rc: int, stderr: str) -> list[str]:
     missing = [w for w in expected_words(name, ctx) if w not in last]
     if missing:
         problems.append(f"{missing} not in {last[:300]!r}")
+    argv = BAD_INPUTS[name][0](ctx)
+    workdir = pathlib.Path(argv[argv.index("--workdir") + 1])
+    if workdir.is_dir() and workdir != ctx.trained and list(workdir.glob("checkpoints/[0-9]*")):
+        problems.append(f"refused only after training: {workdir}/checkpoints holds a checkpoint")
     return problems
 
 

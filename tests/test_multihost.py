@@ -35,8 +35,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir, config, *extra):
-    """Two `jaxlm pretrain` processes of one run (4 devices each), their outputs in workdir/../proc<i>.txt."""
+def _start(workdir, config, *extra, env1=None):
+    """Two `jaxlm pretrain` processes of one run (4 devices each), their outputs in workdir/../proc<i>.txt;
+    `env1`: more environment for process 1 alone."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     procs = []
@@ -45,7 +46,8 @@ def _start(workdir, config, *extra):
         args = [sys.executable, "-m", "jaxlm.cli", "pretrain", "--config", f"{DEMO}:pretrain",
                 "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                 "--process-id", str(i), *_overrides(config), *extra]
-        procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen(args, env={**env, **(env1 or {})} if i else env, stdout=out,
+                                      stderr=subprocess.STDOUT, text=True))
     return procs
 
 
@@ -107,6 +109,22 @@ def test_two_processes_match_one_agree_on_a_preemption_and_resume(data_env, tmp_
     got = _losses(workdir)
     assert sorted(got) == sorted(expected)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)], rtol=1e-5)
+
+
+def test_a_checkpoint_one_host_cannot_read_is_passed_over_by_both(data_env, tmp_path):
+    """Process 1 alone fails to read the newest checkpoint (an injected I/O error): both processes restore the
+    one before it, set the newest aside together, and train on to the end."""
+    config = tiny("pretrain", data_env, **{**FIELDS, "train.num_steps": 6, "train.checkpoint_every": 3})
+    workdir = tmp_path / "run"
+    workdir.parent.mkdir(exist_ok=True)
+    _finish(workdir, _start(workdir, config))
+    assert checkpoint.Checkpoints(workdir, keep=3, identity={}).latest_step() == 6
+    final, outputs = _finish(workdir, _start(workdir, config, "--config.train.num_steps=9",
+                                             env1={"JAXLM_FAULT": "read:6"}), timeout=300)
+    assert [s["step"] for s in final] == [9, 9]
+    assert "injected" in outputs[1] and f"checkpoint {workdir / 'checkpoints' / '6'} cannot be read" in outputs[0]
+    assert f"resumed from {workdir / 'checkpoints' / '3'}" in outputs[0]
+    assert [p.name for p in (workdir / "unreadable").iterdir()] == ["checkpoints-6"]
 
 
 def test_explicit_multihost_flags_must_come_together(monkeypatch):

@@ -184,6 +184,22 @@ def _toy_loss(out, batch):
     return {"mse": jnp.sum(jnp.square(out["y"] - batch["t"]))}, {"mse": jnp.float32(out["y"].shape[0])}, {}
 
 
+def test_a_step_evaluated_again_after_a_resume_keeps_its_first_best_save(tmp_path):
+    """A run resumed from before step 2 (on another mesh, say) evaluates step 2 again, a little better: best/ keeps
+    the save it has of that step (orbax would refuse to write the step twice) and the run goes on."""
+    ckpts = checkpoint.Checkpoints(tmp_path, keep=3, identity={}, best_metric="accuracy")
+    assert ckpts.save_if_best(2, _state(2.0), {"step": 2}, {"accuracy": 0.5})
+    ckpts.wait()
+    ckpts.close()
+    again = checkpoint.Checkpoints(tmp_path, keep=3, identity={}, best_metric="accuracy")
+    assert again.best_value == 0.5
+    assert not again.save_if_best(2, _state(2.5), {"step": 2}, {"accuracy": 0.5001})
+    assert again.save_if_best(3, _state(3.0), {"step": 3}, {"accuracy": 0.6})
+    again.wait()
+    again.close()
+    assert R.committed(tmp_path / "best") == [3]
+
+
 def test_a_nan_gradient_is_refused_and_a_non_finite_learning_rate_is_a_config_error():
     """A NaN loss and gradient: the update is refused and counted. The hyperparameters that could make an update
     from finite gradients non-finite - a learning rate or weight decay not finite in float32 (1e39 is a finite

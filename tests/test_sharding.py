@@ -183,6 +183,20 @@ def test_global_batch_errors():
         sharding.global_batch({"ids": np.zeros((8, 3)), "label": np.zeros(4)}, mesh)
 
 
+def test_one_batch_size_rule_for_training_and_compile():
+    """Each of the data x fsdp devices' rows must split into the accumulation's micro-batches: 12 rows on 4
+    devices are 3 each, which 2 micro-batches cannot share without moving rows between devices."""
+    mesh = sharding.make_mesh(2, 2, 2)
+    sharding.check_batch_size("batch_size", 16, mesh, accumulate=2)
+    sharding.check_batch_size("eval_batch_size", 12, mesh)
+    with pytest.raises(ValueError, match=r"^config.data.batch_size=12 must be divisible by config.mesh.data\*"
+                                         r"config.mesh.fsdp\*config.optim.accumulate=8$"):
+        sharding.check_batch_size("batch_size", 12, mesh, accumulate=2)
+    with pytest.raises(ValueError, match=r"^config.data.eval_batch_size=6 must be divisible by config.mesh.data\*"
+                                         r"config.mesh.fsdp=4$"):
+        sharding.check_batch_size("eval_batch_size", 6, mesh)
+
+
 MULTIHOST = textwrap.dedent(
     """
     import sys

@@ -125,6 +125,32 @@ def test_a_bad_sweep_spec_names_what_is_wrong(tmp_path):
         sweep.run(str(path), tmp_path / "never", dry_run=True)
 
 
+@pytest.mark.parametrize("dist, why", [
+    (("log_uniform", 0, 1e-3), r"0 < low <= high"), (("uniform", 1.0), r"low, high\) with finite numbers"),
+    (("int", 0.5, 3), r"with integers"), (("choice", []), r"at least one value"), ("uniform", r"first item is one of"),
+])
+def test_a_malformed_distribution_is_a_config_error(tmp_path, dist, why):
+    path = tmp_path / "bad.py"
+    path.write_text("def get_config():\n    pass\n\ndef get_sweep():\n    return {'variant': '', 'grid': {}, "
+                    f"'random': {{'optim.learning_rate': {dist!r}}}, 'num_random': 2, 'random_seed': 0, 'seeds': [0], "
+                    "'metric': 'x', 'mode': 'max'}\n")
+    with pytest.raises(jaxlm_config.ConfigError, match=r"\['random'\]\['optim.learning_rate'\]=.*: expected .*" + why):
+        sweep.load_spec(str(path))
+
+
+def test_a_crash_after_an_earlier_preempted_attempt_is_reported_as_a_crash(tmp_path):
+    """The run's results.json of an earlier, preempted attempt does not make this attempt's crash 'interrupted'."""
+    trial = sweep.Trial(tmp_path, {"name": "t", "fields": {}, "seed": 0}, f"{DEMO}:scratch", [])
+    trial.workdir.mkdir(parents=True)
+    (trial.workdir / "results.json").write_text(json.dumps({"step": 5, "stopped": "preempted"}))
+    time.sleep(0.05)
+    trial.command = [sys.executable, "-c", "raise SystemExit(1)"]
+    trial.start()
+    trial.process.wait()
+    assert trial.finish(interrupted=False) == "crashed"
+    assert trial.status["status"] == "crashed" and trial.status["returncode"] == 1
+
+
 def test_the_shipped_sweep_expands_to_18_trials():
     spec = sweep.load_spec(str(DEMO).replace("demo_cpu.py", "sweep_wordnet_lexname.py"))
     names = [t["name"] for t in sweep.trials(spec)]

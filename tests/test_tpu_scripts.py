@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -168,6 +169,14 @@ def test_dry_run_prints_the_gcloud_commands_and_runs_none(tmp_path):
         assert done.returncode == 0, (command, done.stderr)
         assert any(line.startswith("gcloud compute tpus ") for line in done.stdout.splitlines()), command
     assert not (tmp_path / "calls.jsonl").exists()
+    flags = "--xla_tpu_enable_async_collective_fusion=true --xla_enable_async_all_gather=true"
+    done = subprocess.run(TPU + ["launch", *WHERE, "--dry-run", "--run", "r", "--xla-flags", flags, "--", "pretrain"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (ssh,) = [line for line in done.stdout.splitlines() if " ssh t1 " in line]
+    remote = shlex.split(next(a for a in shlex.split(ssh) if a.startswith("--command=")).removeprefix("--command="))
+    job = shlex.split(remote[remote.index("-c") + 1])  # what runs on every worker
+    assert job[job.index(".venv/bin/jaxlm") - 1:][:3] == [f"LIBTPU_INIT_ARGS={flags}", ".venv/bin/jaxlm", "pretrain"]
 
 
 def test_unknown_generation_needs_a_version(tmp_path):

@@ -155,7 +155,9 @@ class Slice:
         if not jaxlm_args:
             raise SystemExit("tpu.py: give the jaxlm command after --, e.g. -- pretrain --config ... --workdir ...")
         run = self.args.run
-        job = f"cd ~/jaxlm && PYTHONUNBUFFERED=1 .venv/bin/jaxlm {shlex.join(jaxlm_args)} >> ~/runs/{run}.log 2>&1; echo $? > ~/runs/{run}.exit"
+        flags = f"LIBTPU_INIT_ARGS={shlex.quote(self.args.xla_flags)} " if self.args.xla_flags else ""
+        job = (f"cd ~/jaxlm && PYTHONUNBUFFERED=1 {flags}.venv/bin/jaxlm {shlex.join(jaxlm_args)} >> ~/runs/{run}.log "
+               f"2>&1; echo $? > ~/runs/{run}.exit")
         self.ssh(f"mkdir -p ~/runs && rm -f ~/runs/{run}.exit && "
                  f"(setsid nohup bash -c {shlex.quote(job)} > /dev/null 2>&1 < /dev/null &)")
 
@@ -249,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     slice_.add_argument("--bucket", help="a Cloud Storage bucket mounted at /gcs/BUCKET on every worker")
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--run", required=True, help="the run's name: ~/runs/RUN.log on every worker")
+    run.add_argument("--xla-flags", default="", help="LIBTPU_INIT_ARGS of the run, e.g. the TPU flags that "
+                                                     "experiments/bert_base_wikipedia.py lists")
     p = argparse.ArgumentParser(prog="tpu.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("create", parents=[common, slice_], help="create the TPU VM or slice")

@@ -21,7 +21,9 @@ def loss(outputs: dict, batch: dict) -> tuple[dict, dict, dict]:
     sums = {"mlm": jnp.sum(mlm_ce * weights), "nsp": jnp.sum(nsp_ce * nsp_w)}
     denominators = {"mlm": jnp.sum(weights), "nsp": jnp.sum(nsp_w)}
     metrics = {
-        "mlm_correct": jnp.sum((logits.argmax(-1) == ids) * weights),
+        # The label's logit is the largest (ties count as correct): shares the max that the softmax takes,
+        # where an argmax would be one more pass over (batch, predictions, vocab).
+        "mlm_correct": jnp.sum((jnp.take_along_axis(logits, ids[..., None], -1)[..., 0] >= logits.max(-1)) * weights),
         "nsp_correct": jnp.sum((nsp_logits.argmax(-1) == batch["nsp_label"]) * nsp_w),
     }
     return sums, denominators, metrics
