@@ -35,19 +35,13 @@ a disk every host sees at data.data_dir; each host's first run then tokenises th
 pretraining instances (several hours in one process), as phase 2 does again at length 512. Memory per chip,
 checked before a TPU is paid for: `jaxlm compile --config experiments/bert_base_wikipedia.py:phase1 --topology v4-32`.
 
-XLA flags. On TPU, the ones below let collectives overlap with compute (asynchronous all-gathers and collective
-fusion, as MaxText's TPU configs set them; what FSDP needs most, harmless under data parallelism); `TPU_XLA_FLAGS`
-holds them, and tpu/tpu.py passes them as LIBTPU_INIT_ARGS:
-`python tpu/tpu.py up ... --xla-flags "$(python -c 'import experiments.bert_base_wikipedia as e; print(e.TPU_XLA_FLAGS)')"
--- pretrain ...`. libtpu 0.10.2 accepts them (`LIBTPU_INIT_ARGS="..." jaxlm compile ... --topology v5e-16` compiles);
-their speed-up was not measured here (no TPU). On GPUs with several devices, `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true`
-does the same for NCCL collectives; on one GPU no flag is needed (cuDNN attention is chosen in the model).
-
-Expected (not measured here): the final MLM loss around 1.4-1.8 and NSP accuracy 97-98% (NSP loss ~0.05-0.1).
-Sources: BERT's paper reports 97-98% NSP accuracy for its final model (Section 3.1, footnote); RoBERTa (Liu et
-al. 2019, Table 3) reports a held-out perplexity of 3.99, an MLM loss of ln 3.99 = 1.38, for BERT-base trained
-this long (batch 256, 1M steps, lr 1e-4) on BookCorpus + Wikipedia. Losses per token depend on the vocabulary,
-so jaxlm's SentencePiece run is comparable to these only roughly.
+XLA flags. On TPU, the ones in `TPU_XLA_FLAGS` let collectives overlap with compute (asynchronous all-gathers and
+collective fusion, as MaxText's TPU configs set them: what FSDP needs most, harmless under data parallelism);
+tpu/tpu.py passes them as LIBTPU_INIT_ARGS: `python tpu/tpu.py up ... --xla-flags "$(python -c 'import
+experiments.bert_base_wikipedia as e; print(e.TPU_XLA_FLAGS)')" -- pretrain ...`. libtpu 0.10.2 accepts them
+(`LIBTPU_INIT_ARGS="..." jaxlm compile --config experiments/bert_base_wikipedia.py:phase1 --topology v5e-4`
+compiles, 29% of HBM; an unknown flag stops libtpu); their speed-up was not measured (no TPU here). On several
+GPUs, `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true` overlaps NCCL collectives the same way.
 """
 
 from jaxlm import config as jaxlm_config
