@@ -32,11 +32,11 @@ def train_step(state, batch, rng, *, model, tx, loss, accumulate: int):
     gradients are not finite is refused (state unchanged, `skipped` counted): a NaN never reaches the
     parameters.
 
-    The optimizer's learning rate, weight decay and epsilon are checked when it is made
+    The optimizer's learning rate, weight decay, epsilon and betas are checked when it is made
     (`optim.make_optimizer`), so finite gradients give finite parameters, and the check, known before
     the update, picks between the update and the old state with `lax.cond`. (Selecting elementwise
     between new and old parameters, checked after the update, cost bert-base a 20 s longer compile and
-    4% of its step time on CPU: benchmarks/profile_step.py.)"""
+    ~5% of its step time on CPU: benchmarks/profile_step.py.)"""
     rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params, micro_batch, r):
