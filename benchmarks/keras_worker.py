@@ -29,11 +29,11 @@ import numpy as np
 from train_step import LAYERS, VOCAB, _cpu_seconds, _reply, _serve
 
 
-def keras_worker(spec: dict) -> None:
+def build(spec: dict):
+    """KerasHub's model for `spec`, compiled for training, and step(n) -> seconds for n `train_on_batch` calls."""
     import keras
     import keras_hub
 
-    t0 = time.perf_counter()
     keras.utils.set_random_seed(0)
     layers, hidden, heads, inter = LAYERS[spec["preset"]]
     dtype = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[spec["dtype"]]  # bf16 compute, f32 params
@@ -55,6 +55,15 @@ def keras_worker(spec: dict) -> None:
             model.train_on_batch(x, a["masked_ids"], sample_weight=a["masked_weights"])  # returns host floats
         return time.perf_counter() - start
 
+    return model, step
+
+
+def keras_worker(spec: dict) -> None:
+    import keras
+    import keras_hub
+
+    t0 = time.perf_counter()
+    _, step = build(spec)
     setup_s = time.perf_counter() - t0
     cpu0 = _cpu_seconds()
     first = step(1)  # builds the optimizer, traces and compiles the train function, runs one step
