@@ -75,6 +75,11 @@ def _reason(e: BaseException) -> str:
     return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
 
 
+def _unreadable(failure: BaseException | None) -> str:
+    """Why a checkpoint the hosts agreed not to use is unreadable: this process's failure, or another's."""
+    return _reason(failure) if failure is not None else "another process cannot read it"
+
+
 class Checkpoints:
     """The latest K checkpoints and the best one of a workdir."""
 
@@ -192,7 +197,7 @@ class Checkpoints:
         unreadable = []
         for s in steps:
             path = manager.directory / str(s)
-            meta, restored, failure = None, None, None
+            meta, failure = None, None
             try:
                 meta = self._read_meta(manager, s)
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: report it, try the previous one
@@ -210,9 +215,8 @@ class Checkpoints:
                     for bad, _ in unreadable:
                         self._set_aside(manager, bad)
                     return s, restored["state"], restored["data"], meta
-            why = _reason(failure) if failure is not None else "another process cannot read it"
-            log.error("checkpoint %s cannot be read (%s); trying an older one", path, why)
-            unreadable.append((s, why))
+            log.error("checkpoint %s cannot be read (%s); trying an older one", path, _unreadable(failure))
+            unreadable.append((s, _unreadable(failure)))
         if unreadable:
             raise ValueError(
                 f"{manager.directory}: no checkpoint can be read ("
@@ -264,8 +268,7 @@ class Checkpoints:
         except Exception as e:  # noqa: BLE001 - an unreadable best: report it and keep the next best instead
             failure = e
         if not distributed.all_agree(failure is None):
-            why = _reason(failure) if failure is not None else "another process cannot read it"
-            log.error("best checkpoint %s cannot be read (%s)", self.best.directory / str(step), why)
+            log.error("best checkpoint %s cannot be read (%s)", self.best.directory / str(step), _unreadable(failure))
             self._set_aside(self.best, step)
             return None
         if self.identity:
