@@ -38,6 +38,9 @@ job needs, on every row) against the machine's matmul peak: the faster of jax's 
 2048x2048 matmul (bf16 8192 on a GPU), measured in the same run. The load average is printed beside the
 table: on a shared machine, compare ratios from one run rather than absolute numbers across runs.
 
+`--attention-dropout 0` lets jaxlm's `model.attention='auto'` leave the explicit softmax: cuDNN's fused attention
+on GPU (bf16), the Pallas splash kernel on TPU; `--model-overrides '{"attention": "fused"}'` pins XLA's.
+
 `--mode fwdbwd` times forward + backward only (gradients, no optimizer update) on jaxlm and torch: the
 forward + backward figure of the foundation issue.
 """

@@ -42,6 +42,9 @@ experiments.bert_base_wikipedia as e; print(e.TPU_XLA_FLAGS)')" -- pretrain ...`
 (`LIBTPU_INIT_ARGS="..." jaxlm compile --config experiments/bert_base_wikipedia.py:phase1 --topology v5e-4`
 compiles, 29% of HBM; an unknown flag stops libtpu); their speed-up was not measured (no TPU here). On several
 GPUs, `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true` overlaps NCCL collectives the same way.
+Attention. The recipe's attention dropout (0.1) keeps the explicit softmax path; `--config.model.attention_dropout=0`
+(a departure from the paper) lets `model.attention='auto'` take the Pallas splash kernel on TPU, which never forms
+the attention matrix: at length 512 on a v5e-4, 832 sequences fit instead of 288 (`jaxlm compile`, README Speed).
 """
 
 from jaxlm import config as jaxlm_config

@@ -112,6 +112,7 @@ def base() -> ml_collections.ConfigDict:
         attention_dropout=0.1,
         remat="none",  # 'none', 'full', 'dots', 'dots_no_batch'
         scan_layers=False,
+        attention="auto",  # 'auto', 'explicit', 'fused' or 'splash' (see jaxlm.models.transformer)
         overrides={},  # other TransformerConfig fields of a preset, e.g. {'num_heads': 8}
     )
     c.data = dict(

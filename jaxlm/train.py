@@ -103,7 +103,7 @@ def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict 
     m = config.model
     overrides = dict(
         hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout, remat=m.remat,
-        scan_layers=m.scan_layers, dtype=DTYPES[config.train.dtype],
+        scan_layers=m.scan_layers, attention=m.attention, dtype=DTYPES[config.train.dtype],
     )
     kind, _, where = (m.init_from or "none").partition(":")
     if kind == "hf":

@@ -9,11 +9,13 @@ import re
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import aot, cli, train
+from jaxlm import aot, cli, sharding, train
 from jaxlm import config as jaxlm_config
+from jaxlm.models import bert, transformer
 from tiny import tiny
 
 GIB = 1024**3
@@ -55,6 +57,39 @@ def test_batch_spec_is_what_the_data_pipeline_makes(data_env, variant):
     examples = run.task.examples(c, run.tokenizer, "validation[:48]")
     batch = examples.batch(np.arange(8), 0, c.data.max_seq_length)
     assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == run.task.batch_spec(c, 8)
+
+
+def test_splash_attention_is_chosen_and_compiled_by_mosaic_for_tpu():
+    """On a TPU mesh with attention dropout off, model.attention='auto' lowers to the Pallas splash kernel (a
+    Mosaic custom call), and with dropout to the explicit softmax; libtpu compiles the kernel's forward and backward
+    at bert-base's shapes (12 heads of 64, 512 tokens, bfloat16), per shard of a data x tensor mesh."""
+    _, _, devices = aot.topology_devices("v5e-4")
+    mesh = sharding.make_mesh(2, 1, 2, devices=devices)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
+    ids = jax.ShapeDtypeStruct((4, 128), np.int32, sharding=rows)
+    for dropout, kernels in ((0.0, True), (0.1, False)):
+        model = bert.BertForPreTraining(bert.preset("bert-L2-H128", vocab_size=64, attention_dropout=dropout))
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), {"input_ids": np.zeros((1, 128), np.int32)}))
+
+        def loss(p, ids):
+            out = model.apply(p, {"input_ids": ids}, deterministic=False, rngs={"dropout": jax.random.key(0)})
+            return out["mlm_logits"].sum()
+
+        with sharding.mesh_context(mesh):
+            text = jax.jit(jax.grad(loss)).lower(params, ids).as_text()
+        assert ("tpu_custom_call" in text) == kernels, dropout
+
+    qkv = jax.ShapeDtypeStruct((8, 512, 12, 64), jnp.bfloat16, sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES, None, "tensor", None)))
+    pad = jax.ShapeDtypeStruct((8, 512), np.int32, sharding=rows)
+
+    def attention_loss(q, k, v, pad):
+        return transformer.splash_attention(q, k, v, transformer.attention_mask(pad)).astype(np.float32).sum()
+
+    with sharding.mesh_context(mesh):
+        compiled = jax.jit(jax.grad(attention_loss, argnums=(0, 1, 2))).lower(qkv, qkv, qkv, pad).compile()
+    # Three Mosaic kernels: the forward (saving its softmax statistics), dq, and dk + dv.
+    assert re.findall(r'custom_call_target="([^"]+)"', compiled.as_text()).count("tpu_custom_call") == 3
 
 
 VOCAB = 2**20

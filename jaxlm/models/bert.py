@@ -131,7 +131,7 @@ class BertModel(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic=deterministic)
-        mask = attention_mask(attention_mask_, segment_ids)  # (batch, 1, length, length)
+        mask = attention_mask(attention_mask_, segment_ids)
         hidden, per_layer = self.encoder(x, mask, deterministic=deterministic)
         pooled = jnp.tanh(self.pooler(hidden[:, 0]))  # (batch, hidden)
         out = {"hidden": hidden, "pooled": pooled}

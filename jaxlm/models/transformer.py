@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
@@ -61,9 +64,12 @@ class TransformerConfig:
     param_dtype: Any = jnp.float32
     remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
     scan_layers: bool = False
-    # 'auto': jax.nn.dot_product_attention where attention dropout is off (cuDNN on GPU for bf16/fp16),
-    # the explicit softmax + dropout path otherwise. 'explicit' always takes the explicit path.
-    attention: Literal["auto", "explicit"] = "auto"
+    # 'explicit': softmax(QK^T / sqrt(d_k)) V written out, with attention dropout. 'fused':
+    # jax.nn.dot_product_attention (cuDNN on GPU for bf16/fp16, XLA elsewhere). 'splash': the Pallas
+    # splash-attention kernel (TPU; Pallas interpret mode on other platforms, for tests), for sequence
+    # lengths that are multiples of 128. 'fused' and 'splash' have no attention dropout. 'auto': 'explicit'
+    # where attention dropout is active, else 'splash' on TPU when the length allows it, else 'fused'.
+    attention: Literal["auto", "explicit", "fused", "splash"] = "auto"
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -72,6 +78,14 @@ class TransformerConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"model.hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+        if self.attention not in ("auto", "explicit", "fused", "splash"):
+            raise ValueError(f"model.attention={self.attention!r}: expected 'auto', 'explicit', 'fused' or 'splash'")
+        if self.attention in ("fused", "splash") and self.attention_dropout > 0:
+            raise ValueError(
+                f"model.attention={self.attention!r} computes no attention dropout, but model.attention_dropout="
+                f"{self.attention_dropout}: set it to 0, or use model.attention='auto' (the explicit path where "
+                "dropout is active)"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -107,13 +121,29 @@ class LayerNorm(nn.Module):
         return y.astype(cfg.dtype)
 
 
-def attention_mask(attention_mask: Array, segment_ids: Array | None = None) -> Array:
-    """(batch, length) padding mask [+ packed segment ids] -> boolean (batch, 1, q_length, kv_length)."""
-    keep = attention_mask.astype(bool)[:, None, None, :]  # (batch, 1, 1, kv)
-    if segment_ids is not None:
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (batch, q, kv)
-        keep = keep & same[:, None, :, :]
-    return keep
+class Mask(NamedTuple):
+    """What each query may see, in the two forms the attention paths take (XLA drops the unused one).
+
+    dense: boolean, broadcastable to (batch, heads, q, kv), for the XLA paths. q_segments, kv_segments: (batch, length) int32, for the
+    splash kernel: a query sees the keys of its own segment id; padding keys have id -1, which no query has.
+    """
+
+    dense: Array
+    q_segments: Array
+    kv_segments: Array
+
+
+def attention_mask(attention_mask: Array, segment_ids: Array | None = None) -> Mask:
+    """(batch, length) padding mask [+ packed segment ids] -> the `Mask` a key is visible through: it is not
+    padding and (when packed) it is in the query's segment."""
+    keep = attention_mask.astype(bool)
+    dense = keep[:, None, None, :]  # (batch, 1, 1, kv): broadcast over the queries
+    if segment_ids is None:
+        segments = jnp.zeros(keep.shape, jnp.int32)
+    else:
+        segments = segment_ids.astype(jnp.int32)
+        dense = dense & (segments[:, None, :, None] == segments[:, None, None, :])
+    return Mask(dense, segments, jnp.where(keep, segments, -1))
 
 
 def explicit_attention(q, k, v, mask, *, dropout_rate, dropout_rng, deterministic):
@@ -131,12 +161,75 @@ def explicit_attention(q, k, v, mask, *, dropout_rate, dropout_rng, deterministi
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)  # (batch, q, heads, head_dim)
 
 
+def _platform() -> str:
+    """The platform the code being traced will run on: the mesh's (so that an ahead-of-time compile for a TPU
+    topology on a CPU host takes the TPU paths), else the default backend's."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    return getattr(device, "platform", None) or jax.default_backend()
+
+
 def fused_attention(q, k, v, mask):
-    """jax.nn.dot_product_attention: cuDNN on GPU for 16-bit inputs, XLA elsewhere. No dropout."""
+    """jax.nn.dot_product_attention: cuDNN on GPU for 16-bit inputs, XLA elsewhere. No dropout.
+
+    mask: boolean, broadcastable to (batch, heads, q, kv)."""
     implementation = None
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+    if _platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         implementation = "cudnn"
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+SPLASH_LANES = 128  # the splash kernel's sequence blocks are multiples of this
+
+
+def _splash_kernel(heads: int, length: int, interpret: bool):
+    """The splash kernel for `heads` heads of full (bidirectional) attention over `length` tokens; padding and
+    packing come in as segment ids. Blocks of up to 512 tokens, forward and backward. Made inside the trace
+    that uses it (its mask tables become arrays of that trace; it is cheap to make)."""
+    block = next(b for b in (512, 256, 128) if length % b == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * heads)
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q, k, v, mask: Mask):
+    """softmax(QK^T / sqrt(d_k)) V by the Pallas splash-attention kernel: on TPU compiled by Mosaic, elsewhere
+    run in Pallas interpret mode (slow; for tests). No dropout.
+
+    q, k, v: (batch, length, heads, head_dim), length a multiple of 128. Under a mesh the kernel runs on each
+    device's shard (shard_map: batch over the axes `activation_batch` maps to, heads over `activation_heads`'s;
+    an axis that does not divide its dimension is left out).
+    """
+    batch, length, heads, head_dim = q.shape
+    if length % SPLASH_LANES:
+        raise ValueError(
+            f"model.attention='splash' needs a sequence length that is a multiple of {SPLASH_LANES}, got {length}"
+            " (config.data.max_seq_length, or a length bucket); model.attention='auto' falls back to 'fused'"
+        )
+    interpret = _platform() != "tpu"
+
+    def local(q, k, v, q_segments, kv_segments):
+        kernel = _splash_kernel(q.shape[2], length, interpret)
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q * head_dim**-0.5, k, v))  # (batch, heads, length, d)
+        out = jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q_segments, kv_segments))
+        return out.transpose(0, 2, 1, 3)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return local(q, k, v, mask.q_segments, mask.kv_segments)
+
+    def axes(name, size):
+        mapped = nn.logical_to_mesh_axes((name,))[0]
+        n = 1
+        for a in (mapped,) if isinstance(mapped, str) else mapped or ():
+            n *= mesh.shape[a]
+        return mapped if size % n == 0 else None
+
+    b, h = axes(BATCH, batch), axes(HEADS, heads)
+    qkv, seg = P(b, None, h, None), P(b, None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv, check_vma=False)(
+        q, k, v, mask.q_segments, mask.kv_segments)
 
 
 class Projection(nn.Module):
@@ -166,7 +259,7 @@ class SelfAttention(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, mask: Mask) -> Array:
         cfg = self.config
         h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
         q, k, v = (
@@ -176,14 +269,20 @@ class SelfAttention(nn.Module):
         q, k, v = (nn.with_logical_constraint(t, (BATCH, LENGTH, HEADS, KV)) for t in (q, k, v))
 
         dropout_active = not self.deterministic and cfg.attention_dropout > 0
-        if cfg.attention == "explicit" or dropout_active:
+        path = cfg.attention
+        if path == "auto":
+            splash_fits = _platform() == "tpu" and q.shape[1] % SPLASH_LANES == 0
+            path = "explicit" if dropout_active else "splash" if splash_fits else "fused"
+        if path == "explicit":
             rng = self.make_rng("dropout") if dropout_active else None
             ctx = explicit_attention(
-                q, k, v, mask, dropout_rate=cfg.attention_dropout, dropout_rng=rng,
+                q, k, v, mask.dense, dropout_rate=cfg.attention_dropout, dropout_rng=rng,
                 deterministic=self.deterministic,
             )
+        elif path == "splash":
+            ctx = splash_attention(q, k, v, mask)
         else:
-            ctx = fused_attention(q, k, v, mask)
+            ctx = fused_attention(q, k, v, mask.dense)
         ctx = nn.with_logical_constraint(ctx, (BATCH, LENGTH, HEADS, KV))
         out = Projection(cfg, "blnd,ndh->blh", (n, d, h), ("heads", "kv", "embed"), ("embed",), 1, name="out")(ctx)
         return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))  # (batch, length, hidden)
@@ -216,7 +315,7 @@ class EncoderLayer(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Mask) -> tuple[Array, Array]:
         cfg = self.config
         drop = nn.Dropout(cfg.hidden_dropout, deterministic=self.deterministic)
         attn = SelfAttention(cfg, self.deterministic, name="attention")
@@ -245,8 +344,8 @@ class Encoder(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, *, deterministic: bool) -> tuple[Array, Array | None]:
-        """x: (batch, length, hidden); mask: (batch, 1, length, length) boolean.
+    def __call__(self, x: Array, mask: Mask, *, deterministic: bool) -> tuple[Array, Array | None]:
+        """x: (batch, length, hidden); mask: from `attention_mask`.
 
         Returns the last hidden state and all layers' outputs stacked (num_layers, batch, length, hidden).
         """
