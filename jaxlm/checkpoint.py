@@ -7,7 +7,9 @@ Layout of a workdir:
     best/<step>/{state,data,meta}          the best save by `best_metric` (never a non-finite one)
 
 `meta` holds the experiment's identity (task, model config): a workdir holding another experiment's
-checkpoint is refused rather than resumed or overwritten.
+checkpoint is refused rather than resumed or overwritten. It also holds the state's layout (`scan_layers`:
+the encoder's parameters stacked per layer or not), which a run may choose anew but a resume must match:
+a checkpoint of the other layout is refused with the setting that reads it, not taken for unreadable.
 
 Faults: a save that cannot be written (disk full, a file where a directory must be) raises `StorageError`
 naming the checkpoint and the last complete one, which stays intact. A checkpoint that cannot be read is
@@ -83,10 +85,10 @@ def _unreadable(failure: BaseException | None) -> str:
 class Checkpoints:
     """The latest K checkpoints and the best one of a workdir."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int, identity: dict,
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int, identity: dict, layout: dict | None = None,
                  best_metric: str | None = None, best_mode: str = "max"):
         self.workdir = pathlib.Path(workdir).absolute()  # orbax (tensorstore) needs absolute paths
-        self.identity = identity
+        self.identity, self.layout = identity, layout or {}
         self.best_metric, self.best_mode = best_metric, best_mode
         self.latest = _manager(self.workdir / "checkpoints", keep)
         self.best = _manager(self.workdir / "best", 1) if best_metric else None
@@ -136,7 +138,7 @@ class Checkpoints:
         return True
 
     def _args(self, state, data_state, metrics):
-        meta = {"identity": self.identity, "metrics": metrics or {}}
+        meta = {"identity": self.identity, "layout": self.layout, "metrics": metrics or {}}
         return ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
         )
@@ -249,6 +251,7 @@ class Checkpoints:
         manager.reload()
 
     def check_identity(self, meta: dict, path) -> None:
+        """Another experiment's checkpoint, or this one's in another layout, is refused with what differs."""
         theirs = meta.get("identity", {})
         if theirs != self.identity:
             diff = sorted(k for k in set(theirs) | set(self.identity) if theirs.get(k) != self.identity.get(k))
@@ -256,6 +259,15 @@ class Checkpoints:
                 f"{path}: this workdir holds another experiment's checkpoint (differs in {diff}: "
                 f"{ {k: theirs.get(k) for k in diff} } vs now { {k: self.identity.get(k) for k in diff} }); "
                 "use a new --workdir"
+            )
+        saved = meta.get("layout", {})  # (checkpoints from before the layout was recorded have none)
+        differ = {k: v for k, v in saved.items() if k in self.layout and self.layout[k] != v}
+        if differ:
+            raise ValueError(
+                f"{path}: saved with " + ", ".join(f"model.{k}={v}" for k, v in differ.items()) + ", this run has "
+                + ", ".join(f"model.{k}={self.layout[k]}" for k in differ) + ": resume with "
+                + " ".join(f"--config.model.{k}={v}" for k, v in differ.items())
+                + " (or, in a new --workdir, model.init_from='jaxlm:WORKDIR' takes its parameters in either layout)"
             )
 
     def _recorded_best(self) -> float | None:

@@ -257,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     d, t, o = config.data, config.train, config.optim
     # Before anything expensive: a workdir that cannot be written or holds another experiment fails now.
     ckpts = checkpoint.Checkpoints(workdir, keep=t.keep, identity=_identity(config, run.model_config, run.num_labels),
+                                   layout={"scan_layers": run.model_config.scan_layers},
                                    best_metric=t.best_metric or None, best_mode=t.best_mode)
     train_examples = run.task.examples(config, run.tokenizer, d.train_split)
     eval_examples = run.task.examples(config, run.tokenizer, d.eval_split) if d.eval_split else None

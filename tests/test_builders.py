@@ -263,8 +263,21 @@ def test_embedded_corpus_leaves_out_task_evaluation_texts(embedded_sources, word
                 assert not (definitions | examples) & lines[corpus_split]
                 assert not fortunes & fortune_docs[corpus_split]
     train = embedded_sources["embedded_corpus", "train"]
-    first = train[0]
-    assert first["source"].decode().startswith("wordnet/noun.") and len(first["text"].decode().split("\n")) >= 8
+    wordnet_docs = [r for r in train.__getitems__(list(range(len(train)))) if r["source"].startswith(b"wordnet/")]
+    assert max(len(r["text"].decode().split("\n")) for r in wordnet_docs) >= embedded.SYNSETS_PER_DOCUMENT
+
+
+def test_a_prefix_of_a_split_samples_all_of_it(embedded_sources):
+    """Examples are stored in a hash order: the first fifth of a split holds (nearly) every class, where in the
+    Debian files' order it held WordNet's first few lexicographer files."""
+    for name in ("wordnet_lexname", "fortunes_topic"):
+        records = embedded_sources[name, "train"]
+        labels = [int(r["label"]) for r in records.__getitems__(list(range(len(records))))]
+        head = labels[: len(labels) // 5]
+        assert len(set(head)) >= 0.9 * len(set(labels)), name
+    corpus = embedded_sources["embedded_corpus", "train"]
+    sources_ = [r["source"].decode().split("/")[0] for r in corpus.__getitems__(list(range(len(corpus) // 5)))]
+    assert {"wordnet", "fortunes"} <= set(sources_)
 
 
 def test_missing_debian_packages_say_how_to_install(tmp_path):

@@ -165,6 +165,18 @@ def test_checkpoints_none_of_which_can_be_read_are_an_error_not_a_fresh_start(tm
     assert not (tmp_path / "unreadable").exists()
 
 
+def test_a_checkpoint_of_the_other_layer_layout_is_refused_with_the_setting_that_reads_it(tmp_path):
+    """model.scan_layers may change between experiments, not within a resume: the checkpoint is refused with the
+    flag to resume it, before anything is read into the state, and is neither set aside nor taken for unreadable."""
+    _saved(tmp_path, [1, 2], layout={"scan_layers": False}).close()
+    with pytest.raises(ValueError, match=r"checkpoints/2: saved with model.scan_layers=False, this run has "
+                                         r"model.scan_layers=True: resume with --config.model.scan_layers=False"):
+        checkpoint.Checkpoints(tmp_path, keep=10, identity={"task": "t"}, layout={"scan_layers": True})
+    assert not (tmp_path / "unreadable").exists()
+    same = checkpoint.Checkpoints(tmp_path, keep=10, identity={"task": "t"}, layout={"scan_layers": False})
+    assert same.restore(_abstract())[0] == 2
+
+
 def test_a_nan_evaluation_never_becomes_the_best(tmp_path):
     ckpts = checkpoint.Checkpoints(tmp_path, keep=3, identity={}, best_metric="accuracy")
     assert not ckpts.save_if_best(1, _state(1.0), {"step": 1}, {"accuracy": 0.9, "loss": float("nan")})

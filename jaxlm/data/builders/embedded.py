@@ -13,6 +13,10 @@ fortunes whose hash falls in train (every fortune is hashed, in a task class or 
 split those whose hash falls in validation; an example sentence that WordNet repeats in several synsets is
 kept only in the earliest of train / validation / test it belongs to. So no task's validation or test
 text is pretrained on, and the test texts are in neither corpus split.
+
+Within a split the examples are stored in the order of another stable hash, not in the Debian files' order
+(WordNet's data files run through the lexicographer files one after another): a prefix such as
+`validation[:2048]` is a sample of the whole split (45 classes), not of WordNet's first four noun files.
 """
 
 import collections
@@ -52,6 +56,11 @@ def fortune_split(fortune: debian.Fortune) -> str:
     return local_files.split_of(f"fortune:{' '.join(fortune.text.split())}")
 
 
+def shuffled(items: list, key) -> list:
+    """`items` in the order of a stable hash of `key(item)` (ties keep their order): any prefix is a sample."""
+    return sorted(items, key=lambda item: local_files.stable_fraction(f"order:{key(item)}"))
+
+
 def topics(fortunes: list[debian.Fortune]) -> list[str]:
     """The fortune files with at least MIN_FORTUNES_PER_TOPIC fortunes, sorted."""
     counts = collections.Counter(f.topic for f in fortunes)
@@ -59,7 +68,8 @@ def topics(fortunes: list[debian.Fortune]) -> list[str]:
 
 
 class _DebianBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "Examples in a stable hash order within each split (was: the Debian files' order)."}
     # No checksums file beside the code: skips tfds 4.9.10's code-path lookup, which imports
     # `importlib_resources`, a package tfds only declares for Python < 3.9.
     code_path = None
@@ -103,11 +113,9 @@ class WordnetLexname(_DebianBuilder):
         return {split: self._generate_examples(split) for split in SPLITS}
 
     def _generate_examples(self, split: str):
-        index = 0
-        for synset in self.synsets:
-            if synset_split(synset) == split:
-                yield index, {"id": synset.key, "text": synset.gloss, "label": synset.lexname}
-                index += 1
+        synsets = shuffled([s for s in self.synsets if synset_split(s) == split], lambda s: s.key)
+        for index, synset in enumerate(synsets):
+            yield index, {"id": synset.key, "text": synset.gloss, "label": synset.lexname}
 
 
 class FortunesTopic(_DebianBuilder):
@@ -125,11 +133,9 @@ class FortunesTopic(_DebianBuilder):
 
     def _generate_examples(self, split: str):
         kept = set(topics(self.fortunes))
-        index = 0
-        for fortune in self.fortunes:
-            if fortune.topic in kept and fortune_split(fortune) == split:
-                yield index, {"text": fortune.text, "label": fortune.topic}
-                index += 1
+        fortunes = [f for f in self.fortunes if f.topic in kept and fortune_split(f) == split]
+        for index, fortune in enumerate(shuffled(fortunes, lambda f: f"{f.topic}:{f.text}")):
+            yield index, {"text": fortune.text, "label": fortune.topic}
 
 
 def synset_lines(synset: debian.Synset) -> list[str]:
@@ -168,5 +174,6 @@ class EmbeddedCorpus(_DebianBuilder):
                 yield "\n".join(sentences), f"fortunes/{fortune.topic}"
 
     def _generate_examples(self, split: str):
-        for index, (text, source) in enumerate(self._documents(split)):
+        documents = shuffled(list(self._documents(split)), lambda d: f"{d[1]}:{d[0]}")
+        for index, (text, source) in enumerate(documents):
             yield index, {"text": text, "source": source}
