@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from jaxlm import monitor, optim, sharding, steps, train, train_state
-from jaxlm.models import bert
+from jaxlm.models import bert, transformer
 
 GIB = 1024**3
 
@@ -40,6 +40,10 @@ TOPOLOGIES: dict[str, tuple[str, str, float]] = {
     **{f"v6e-{n}": (f"v6e:{t}", "default", 32) for n, t in (
         (1, "1x1"), (4, "2x2"), (8, "2x4"), (16, "4x4"), (32, "4x8"), (64, "8x8"), (128, "8x16"), (256, "16x16"))},
 }
+
+
+ATTENTION = {"explicit": "softmax with attention dropout, XLA", "fused": "jax.nn.dot_product_attention, XLA",
+             "splash": "the Pallas splash kernel, Mosaic"}
 
 
 class DoesNotFit(Exception):
@@ -204,6 +208,8 @@ def report(config, accelerator: str, search: bool = True) -> dict:
                                                                 "code", "total")},
         hbm_fraction=c.total / (hbm * GIB), flops_per_step=c.flops, model_flops_per_step=model_flops,
         scan_layers=config.model.scan_layers, compile_seconds=c.seconds,
+        attention=transformer.attention_path(step.model_config, training=True, length=config.data.max_seq_length,
+                                             platform=devices[0].platform),
     )
     return out
 
@@ -217,7 +223,9 @@ def format_report(r: dict) -> str:
         f"{mem['aliased']:.3f} reuse the donated state), temporaries {mem['temporaries']:.3f}, code {mem['code']:.3f}"
         f" -> {mem['total']:.3f} GiB ({100 * r['hbm_fraction']:.0f}% of HBM)",
         f"FLOPs per step: {r['model_flops_per_step']:.4g} (the model's, as MFU counts them); XLA's count "
-        f"{r['flops_per_step']:.4g}" + (" (it counts the scanned layers once)" if r["scan_layers"] else ""),
+        f"{r['flops_per_step']:.4g}" + (" (it counts the scanned layers once)" if r["scan_layers"] else "")
+        + (" (it leaves out the splash kernel's)" if r["attention"] == "splash" else ""),
+        f"attention: {r['attention']} ({ATTENTION[r['attention']]})",
         f"compiled in {r['compile_seconds']:.1f} s",
     ]
     if "largest_batch" in r:

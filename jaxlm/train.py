@@ -31,7 +31,7 @@ from jaxlm import checkpoint, distributed, faults, hf, monitor, optim, sharding,
 from jaxlm.data import pipeline
 from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
 from jaxlm.models import bert
-from jaxlm.models.transformer import TransformerConfig, stack_layers, unstack_layers
+from jaxlm.models.transformer import TransformerConfig, attention_path, stack_layers, unstack_layers
 from jaxlm.steps import eval_step, jit_train_step
 from jaxlm.tasks import classify, pretrain
 
@@ -267,6 +267,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if truncated:
         log.info("%d of %d training texts were truncated to data.max_seq_length=%d", truncated,
                  len(train_examples), d.max_seq_length)
+    platform = run.mesh.devices.flat[0].platform
+    log.info("attention at length %d on %s: %s in training, %s in evaluation", d.max_seq_length, platform,
+             *(attention_path(run.model_config, training=tr, length=d.max_seq_length, platform=platform)
+               for tr in (True, False)))
     steps_per_epoch = -(-len(train_examples) // d.batch_size)
     num_steps = t.num_steps or t.num_epochs * steps_per_epoch
     tx, schedule = optim.make_optimizer(ml_collections.ConfigDict({**o.to_dict(), "num_steps": num_steps}))

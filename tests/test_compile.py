@@ -140,6 +140,7 @@ def test_bert_base_compiles_for_v5e_4(capsys, tmp_path):
     model, compiler = map(float, flops.groups())
     assert model == pytest.approx(6 * 86e6 * 256 * 128, rel=0.1)  # 6 x encoder parameters x tokens, + attention
     assert model / 12 < compiler < model  # one of the 12 layers, the embeddings and the heads
+    assert "attention: explicit (softmax with attention dropout, XLA)" in out  # BERT's attention dropout 0.1
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -113,6 +114,17 @@ def test_splash_attention_refuses_lengths_and_dropout_it_cannot_do():
         bert.preset("bert-mini", attention="splash")
     with pytest.raises(ValueError, match=r"model.attention='flash': expected 'auto', 'explicit', 'fused' or"):
         bert.preset("bert-mini", attention="flash")
+
+
+def test_auto_attention_takes_the_fastest_path_that_computes_the_config():
+    path = functools.partial(transformer.attention_path, bert.preset("bert-mini"))  # attention dropout 0.1
+    assert [path(training=True, length=512, platform=p) for p in ("cpu", "gpu", "tpu")] == ["explicit"] * 3
+    assert [path(training=False, length=512, platform=p) for p in ("cpu", "gpu", "tpu")] == ["fused", "fused", "splash"]
+    assert path(training=False, length=100, platform="tpu") == "fused"  # the kernel's blocks are 128 tokens
+    no_dropout = bert.preset("bert-mini", attention_dropout=0.0)
+    assert transformer.attention_path(no_dropout, training=True, length=128, platform="tpu") == "splash"
+    pinned = bert.preset("bert-mini", attention="explicit")
+    assert transformer.attention_path(pinned, training=False, length=128, platform="tpu") == "explicit"
 
 
 def test_splash_bert_on_a_mesh_matches_explicit():

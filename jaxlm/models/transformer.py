@@ -182,6 +182,16 @@ def fused_attention(q, k, v, mask):
 SPLASH_LANES = 128  # the splash kernel's sequence blocks are multiples of this
 
 
+def attention_path(config: TransformerConfig, *, training: bool, length: int, platform: str) -> str:
+    """What `config.attention` resolves to ('explicit', 'fused' or 'splash') for a sequence `length` on
+    `platform` ('cpu', 'gpu', 'tpu'), in training (dropout active) or not."""
+    if config.attention != "auto":
+        return config.attention
+    if training and config.attention_dropout > 0:
+        return "explicit"
+    return "splash" if platform == "tpu" and length % SPLASH_LANES == 0 else "fused"
+
+
 def _splash_kernel(heads: int, length: int, interpret: bool):
     """The splash kernel for `heads` heads of full (bidirectional) attention over `length` tokens; padding and
     packing come in as segment ids. Blocks of up to 512 tokens, forward and backward. Made inside the trace
@@ -269,10 +279,7 @@ class SelfAttention(nn.Module):
         q, k, v = (nn.with_logical_constraint(t, (BATCH, LENGTH, HEADS, KV)) for t in (q, k, v))
 
         dropout_active = not self.deterministic and cfg.attention_dropout > 0
-        path = cfg.attention
-        if path == "auto":
-            splash_fits = _platform() == "tpu" and q.shape[1] % SPLASH_LANES == 0
-            path = "explicit" if dropout_active else "splash" if splash_fits else "fused"
+        path = attention_path(cfg, training=not self.deterministic, length=q.shape[1], platform=_platform())
         if path == "explicit":
             rng = self.make_rng("dropout") if dropout_active else None
             ctx = explicit_attention(
