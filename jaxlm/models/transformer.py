@@ -124,8 +124,9 @@ class LayerNorm(nn.Module):
 class Mask(NamedTuple):
     """What each query may see, in the two forms the attention paths take (XLA drops the unused one).
 
-    dense: boolean, broadcastable to (batch, heads, q, kv), for the XLA paths. q_segments, kv_segments: (batch, length) int32, for the
-    splash kernel: a query sees the keys of its own segment id; padding keys have id -1, which no query has.
+    dense: boolean, broadcastable to (batch, heads, q, kv), for the XLA paths. q_segments, kv_segments:
+    (batch, length) int32, for the splash kernel: a query sees the keys of its own segment id; padding keys
+    have id -1, which no query has.
     """
 
     dense: Array
