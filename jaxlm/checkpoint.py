@@ -288,6 +288,18 @@ class Checkpoints:
         return meta["metrics"].get(self.best_metric)
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's warnings that a read-only manager is read only (its directory; no saves): read-only is
+    what `restore_params` asks for, and `jaxlm predict` and `evaluate` printed them on every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Given directory is read only") or msg.startswith("CheckpointManagerOptions.read_only"))
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
 def restore_params(workdir: str | pathlib.Path, abstract_params: Any | None = None, *, prefer_best: bool = True
                    ) -> tuple[dict, Any]:
     """(meta, params) of a jaxlm workdir's best (else latest) checkpoint, e.g. to fine-tune or predict.

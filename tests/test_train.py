@@ -2,6 +2,7 @@
 
 import functools
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -17,7 +18,7 @@ from tiny import DEMO, tiny
 REPO = pathlib.Path(__file__).parents[1]
 
 
-def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys):
+def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     pre = tmp_path / "pretrain"
     result = train.train_and_evaluate(tiny("pretrain", data_env, **{"train.num_steps": 20}), pre)
     records = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
@@ -53,7 +54,9 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys):
     expected = {k: v for k, v in result["test"].items() if k != "majority_accuracy"}
     assert evaluated == pytest.approx(expected, rel=1e-5)  # the final checkpoint, read back
     texts = ["a domesticated carnivorous mammal", "move fast by using one's feet"]
-    assert cli.main(["predict", "--workdir", str(fine), *texts]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["predict", "--workdir", str(fine), *texts]) == 0
+    assert "read only" not in caplog.text and "read_only" not in caplog.text  # orbax's notices, dropped
     lines = capsys.readouterr().out.strip().splitlines()
     labels = json.loads((fine / "labels.json").read_text())
     assert len(lines) == 2
