@@ -293,8 +293,7 @@ class _ReadOnlyNotice(logging.Filter):
     what `restore_params` asks for, and `jaxlm predict` and `evaluate` printed them on every call."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return not (msg.startswith("Given directory is read only") or msg.startswith("CheckpointManagerOptions.read_only"))
+        return not str(record.msg).startswith(("Given directory is read only", "CheckpointManagerOptions.read_only"))
 
 
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
