@@ -93,7 +93,7 @@ def _train(args, overrides: list[str]) -> int:
         raise jaxlm_config.ConfigError(
             f"--config {args.config}: config.task.name is {config.task.name!r}; `jaxlm {args.command}` "
             f"expects {want!r}")
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
     final = train.train_and_evaluate(config, args.workdir)
     summary = {k: v for k, v in final.items() if k != "params"}
     print(json.dumps(summary, indent=2, default=float))

@@ -16,8 +16,11 @@ import argparse
 import importlib.util
 import logging
 import os
+import socket
+import time
 
 ENV = {"coordinator": "JAXLM_COORDINATOR", "num_processes": "JAXLM_NUM_PROCESSES", "process_id": "JAXLM_PROCESS_ID"}
+TIMEOUT_ENV = "JAXLM_INIT_TIMEOUT"
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", help=f"HOST:PORT of process 0 (or ${ENV['coordinator']})")
     g.add_argument("--num-processes", type=int, help=f"processes in the run (or ${ENV['num_processes']})")
     g.add_argument("--process-id", type=int, help=f"this process, 0 .. N-1 (or ${ENV['process_id']})")
+    g.add_argument("--init-timeout", type=int, help=f"seconds to wait for the other processes, default 300 "
+                                                    f"(or ${TIMEOUT_ENV})")
 
 
 def on_tpu_vm() -> bool:
@@ -46,13 +51,21 @@ def skip_absent_tpu() -> None:
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+               process_id: int | None = None, init_timeout: int | None = None) -> None:
     """Join the run's processes, from the flags, else the JAXLM_* environment, else the TPU VM's metadata.
 
     Without any of them, and off a TPU VM, this is a single-process run and nothing happens. Call it before
     anything touches a jax device. (jax is imported here, not with the module: `jaxlm --help` stays quick.)
+    A process other than 0 first waits up to `init_timeout` seconds for the coordinator's port to answer and
+    stops with one line if it never does (jax's own client would abort the process with a stack trace). Process
+    0 waits as long for the others; if they never come, jax aborts it, naming the deadline.
     """
     import jax
+
+    if init_timeout is None:
+        init_timeout = _int(TIMEOUT_ENV, os.environ[TIMEOUT_ENV]) if os.environ.get(TIMEOUT_ENV) else 300
+    if init_timeout <= 0:
+        raise ValueError(f"--init-timeout {init_timeout}: expected a positive number of seconds")
 
     given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
     for name, env in ENV.items():
@@ -65,10 +78,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         n, i = given["num_processes"], given["process_id"]
         if not 0 <= i < n:
             raise ValueError(f"--process-id {i}: expected 0 <= id < --num-processes {n}")
-        if ":" not in given["coordinator"]:
+        host, _, port = given["coordinator"].rpartition(":")
+        if not host or not port.isdigit():
             raise ValueError(f"--coordinator {given['coordinator']}: expected HOST:PORT")
+        if i != 0:
+            _wait_for(host, int(port), init_timeout, f"multi-host: process {i} of {n}")
         try:
-            jax.distributed.initialize(coordinator_address=given["coordinator"], num_processes=n, process_id=i)
+            jax.distributed.initialize(coordinator_address=given["coordinator"], num_processes=n, process_id=i,
+                                       initialization_timeout=init_timeout)
         except RuntimeError as e:  # the coordinator unreachable, the others never came: one line, not a traceback
             raise OSError(f"multi-host: process {i} of {n} could not join the run at --coordinator "
                           f"{given['coordinator']}: {str(e).strip().splitlines()[0][:300]}") from e
@@ -101,6 +118,21 @@ def all_agree(ok: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))  # int: gloo mis-sizes a bool
+
+
+def _wait_for(host: str, port: int, timeout: float, who: str) -> None:
+    """Until `host:port` accepts a TCP connection; OSError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=min(5.0, timeout)).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise OSError(f"{who} could not reach the coordinator at --coordinator {host}:{port} within "
+                              f"{timeout:g} s ({e.strerror or e}): is process 0 running there? "
+                              "(--init-timeout sets the wait)") from None
+            time.sleep(0.5)
 
 
 def _int(env: str, text: str) -> int:

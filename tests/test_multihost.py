@@ -5,6 +5,7 @@ same step when only one of them is preempted, and resume together from that chec
 """
 
 import json
+import re
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, distributed, train
+from jaxlm import checkpoint, cli, distributed, train
 from tiny import DEMO, tiny
 
 STEPS, PREEMPT_AFTER = 30, 3
@@ -125,6 +126,27 @@ def test_a_checkpoint_one_host_cannot_read_is_passed_over_by_both(data_env, tmp_
     assert "injected" in outputs[1] and f"checkpoint {workdir / 'checkpoints' / '6'} cannot be read" in outputs[0]
     assert f"resumed from {workdir / 'checkpoints' / '3'}" in outputs[0]
     assert [p.name for p in (workdir / "unreadable").iterdir()] == ["checkpoints-6"]
+
+
+def test_a_coordinator_that_never_answers_is_one_line_not_an_abort(monkeypatch, capsys):
+    """Process 1 of 2 whose coordinator is not there: jax's client would abort the process (a C++ stack trace,
+    exit 134) when its deadline passes; jaxlm waits for the port as long and stops with one line, exit 2."""
+    for name in distributed.ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    argv = ["pretrain", "--config", DEMO, "--workdir", "/tmp/never", "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2", "--process-id", "1", "--init-timeout", "2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert 2 <= time.monotonic() - start < 30
+    assert len(err) == 1 and re.search(rf"process 1 of 2 could not reach the coordinator at --coordinator "
+                                       rf"127.0.0.1:{port} within 2 s \(Connection refused\): is process 0", err[0])
+    monkeypatch.setenv("JAXLM_INIT_TIMEOUT", "0")
+    with pytest.raises(ValueError, match=r"--init-timeout 0: expected a positive number of seconds"):
+        distributed.initialize(coordinator=f"127.0.0.1:{port}", num_processes=2, process_id=1)
 
 
 def test_explicit_multihost_flags_must_come_together(monkeypatch):
