@@ -191,8 +191,11 @@ class Run:
         tokenizer = resolve_tokenizer(config, workdir)
         if trained:
             saved = json.loads((workdir / "model.json").read_text())
+            # attention 'auto': the path of the platform evaluating (a run trained with 'splash' on TPU is
+            # evaluated with 'fused' on a CPU, not with the kernel in interpret mode); the same numbers.
             model_config, pretrained = TransformerConfig(**{**saved, "dtype": DTYPES[saved["dtype"]],
-                                                         "param_dtype": DTYPES[saved["param_dtype"]]}), None
+                                                         "param_dtype": DTYPES[saved["param_dtype"]],
+                                                         "attention": "auto"}), None
             labels = workdir / "labels.json"
             names = json.loads(labels.read_text()) if labels.exists() else None
         else:
