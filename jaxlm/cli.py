@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="label and probability of each text (fine-tuned classifier)")
     s.add_argument("--workdir", required=True)
     s.add_argument("--file", help="one text per line ('-' = stdin)")
+    s.add_argument("--top", type=int, default=1, help="print the K most probable labels (label<TAB>probability each)")
     s.add_argument("texts", nargs="*")
     s = sub.add_parser("convert", help="Hugging Face checkpoints in and out")
     g = s.add_mutually_exclusive_group(required=True)
@@ -139,8 +140,8 @@ def _predict(args) -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ValueError("predict: give texts as arguments, with --file, or on stdin")
-    for text, (label, prob) in zip(texts, train.predict(args.workdir, texts)):
-        print(f"{label}\t{prob:.4f}\t{text}")
+    for text, ranked in zip(texts, train.predict(args.workdir, texts, top=args.top)):
+        print("\t".join(f"{label}\t{prob:.4f}" for label, prob in ranked) + f"\t{text}")
     return 0
 
 

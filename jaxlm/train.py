@@ -409,23 +409,41 @@ def evaluate_workdir(workdir: str | pathlib.Path, split: str) -> dict[str, float
     return run.evaluate(eval_fn, params, examples, run.config.data.eval_batch_size)
 
 
-def predict(workdir: str | pathlib.Path, texts: list[str]) -> list[tuple[str, float]]:
-    """(label, probability) for each text (a 'text_a\\ttext_b' pair when the task has two text fields)."""
+def predict(workdir: str | pathlib.Path, texts: list[str], top: int = 1) -> list[list[tuple[str, float]]]:
+    """For each text (a 'text_a\ttext_b' pair when the task has two text fields), its `top` most probable
+    (label, probability), most probable first; [('value', v)] for a regression.
+
+    The texts go through the jitted model in batches of config.data.eval_batch_size on the workdir's mesh (the
+    last one padded), with a progress bar when there are several."""
     run, params = _trained(workdir)
     if run.label_names is None:
         raise ValueError(f"{workdir}: predict needs a fine-tuned classifier (task 'classify')")
+    if top < 1:
+        raise ValueError(f"--top {top}: expected a number of labels >= 1")
+    from tqdm import tqdm
+
     from jaxlm.data.classification import ClassificationExamples, tokenize_examples
     from jaxlm.data.inputs import SpecialIds
 
-    fields = list(run.config.data.text_fields)
+    d = run.config.data
+    fields = list(d.text_fields)
     rows = [dict(zip(fields, t.split("\t", 1) if len(fields) == 2 else [t])) for t in texts]
     for r in rows:
         r.setdefault(fields[-1], "")
-    arrays = tokenize_examples(rows, run.tokenizer, fields, None, run.config.data.max_seq_length, False)
-    examples = ClassificationExamples(arrays, run.config.data.max_seq_length, (), SpecialIds.of(run.tokenizer))
-    batch = examples.batch(np.arange(len(texts)), 0, run.config.data.max_seq_length)
-    out = run.model.apply({"params": jax.device_get(params)}, batch)
+    arrays = tokenize_examples(rows, run.tokenizer, fields, None, d.max_seq_length, False)
+    examples = ClassificationExamples(arrays, d.max_seq_length, (), SpecialIds.of(run.tokenizer))
+    logits_fn = jax.jit(lambda p, b: run.model.apply({"params": p}, b)["logits"],
+                        in_shardings=(jax.tree.map(lambda x: x.sharding, params), sharding.batch_sharding(run.mesh)))
+    size = d.eval_batch_size
+    starts = range(0, len(texts), size)
+    logits = []
+    with sharding.mesh_context(run.mesh):
+        for start in tqdm(starts, desc="predict", unit="batch", disable=len(starts) < 2):
+            index = np.arange(start, start + size) % len(texts)  # the last batch padded with repeated texts
+            batch = examples.batch(index, 0, d.max_seq_length)
+            logits.append(np.asarray(logits_fn(params, sharding.global_batch(batch, run.mesh)))[: len(texts) - start])
+    logits = np.concatenate(logits)
     if run.num_labels == 1:
-        return [("value", float(v)) for v in np.asarray(out["logits"][:, 0])]
-    probs = np.asarray(jax.nn.softmax(out["logits"], -1))
-    return [(run.label_names[i], float(p[i])) for p, i in zip(probs, probs.argmax(-1))]
+        return [[("value", float(v))] for v in logits[:, 0]]
+    probs = np.asarray(jax.nn.softmax(logits, -1))
+    return [[(run.label_names[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:top]] for p in probs]

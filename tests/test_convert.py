@@ -115,7 +115,7 @@ def test_to_hf_classifier_gives_jaxlm_predict_probabilities(finetuned, tmp_path)
     assert inputs["input_ids"].shape[1] <= LENGTH  # no truncation: the two sides see the same tokens
     with torch.no_grad():
         probs = torch.softmax(model(**inputs).logits, -1).numpy()
-    predicted = train.predict(finetuned, [f"{a}\t{b}" for a, b in pairs])
+    predicted = [ranked[0] for ranked in train.predict(finetuned, [f"{a}\t{b}" for a, b in pairs])]
     assert [label for label, _ in predicted] == [model.config.id2label[i] for i in probs.argmax(-1)]
     np.testing.assert_allclose([p for _, p in predicted], probs.max(-1), atol=1e-5)
     assert probs.max(-1).std() > 1e-3  # the fine-tuned classifier tells the texts apart

@@ -63,6 +63,17 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     for line, text in zip(lines, texts):
         label, prob, echoed = line.split("\t")
         assert label in labels and 0 < float(prob) <= 1 and echoed == text
+    # 70 texts go in batches of eval_batch_size (32: the last padded); each text's answer is the one it gets alone.
+    many = [f"{text} number {i}" for i in range(35) for text in texts]
+    ranked = train.predict(fine, many, top=3)
+    for i in (0, 33, 69):
+        alone = train.predict(fine, [many[i]], top=3)[0]
+        assert [label for label, _ in alone] == [label for label, _ in ranked[i]]
+        np.testing.assert_allclose([p for _, p in alone], [p for _, p in ranked[i]], rtol=1e-5)
+    assert all(len(r) == 3 and r[0][1] >= r[1][1] >= r[2][1] and sum(p for _, p in r) <= 1 + 1e-6 for r in ranked)
+    assert cli.main(["predict", "--workdir", str(fine), "--top", "2", texts[0]]) == 0
+    first, p1, second, p2, echoed = capsys.readouterr().out.strip().split("\t")
+    assert first != second and float(p1) >= float(p2) and echoed == texts[0]
 
 
 def _losses(data_env, workdir, mesh, **fields):
