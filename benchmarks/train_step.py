@@ -39,7 +39,8 @@ job needs, on every row) against the machine's matmul peak: the faster of jax's 
 table: on a shared machine, compare ratios from one run rather than absolute numbers across runs.
 
 `--attention-dropout 0` lets jaxlm's `model.attention='auto'` leave the explicit softmax: cuDNN's fused attention
-on GPU (bf16), the Pallas splash kernel on TPU; `--model-overrides '{"attention": "fused"}'` pins XLA's.
+on GPU (bf16), the Pallas splash kernel on TPU; `--attention-dropout 0 --model-overrides '{"attention": "fused"}'`
+pins XLA's (a forced path without dropout: with the default 0.1 the config is refused).
 
 `--mode fwdbwd` times forward + backward only (gradients, no optimizer update) on jaxlm and torch: the
 forward + backward figure of the foundation issue.

@@ -133,9 +133,11 @@ def _predict(args) -> int:
     from jaxlm import train
 
     texts = list(args.texts)
-    if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-        texts += [line.rstrip("\n") for line in stream if line.strip()]
+    if args.file == "-":
+        texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    elif args.file:
+        with open(args.file, encoding="utf-8") as f:
+            texts += [line.rstrip("\n") for line in f if line.strip()]
     elif not texts and not sys.stdin.isatty():
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:

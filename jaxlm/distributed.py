@@ -56,16 +56,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
     Without any of them, and off a TPU VM, this is a single-process run and nothing happens. Call it before
     anything touches a jax device. (jax is imported here, not with the module: `jaxlm --help` stays quick.)
-    A process other than 0 first waits up to `init_timeout` seconds for the coordinator's port to answer and
-    stops with one line if it never does (jax's own client would abort the process with a stack trace). Process
-    0 waits as long for the others; if they never come, jax aborts it, naming the deadline.
+    A process other than 0 first waits `init_timeout` seconds at most for the coordinator's port to answer and
+    stops with one line if it never does (jax's own client would abort the process with a stack trace); jax
+    then gets as long again to join. Process 0 waits as long for the others; if they never come, jax aborts it,
+    naming the deadline.
     """
     import jax
-
-    if init_timeout is None:
-        init_timeout = _int(TIMEOUT_ENV, os.environ[TIMEOUT_ENV]) if os.environ.get(TIMEOUT_ENV) else 300
-    if init_timeout <= 0:
-        raise ValueError(f"--init-timeout {init_timeout}: expected a positive number of seconds")
 
     given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
     for name, env in ENV.items():
@@ -79,8 +75,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         if not 0 <= i < n:
             raise ValueError(f"--process-id {i}: expected 0 <= id < --num-processes {n}")
         host, _, port = given["coordinator"].rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [IPv6]:PORT
         if not host or not port.isdigit():
             raise ValueError(f"--coordinator {given['coordinator']}: expected HOST:PORT")
+        init_timeout = _init_timeout(init_timeout)
         if i != 0:
             _wait_for(host, int(port), init_timeout, f"multi-host: process {i} of {n}")
         try:
@@ -90,7 +88,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             raise OSError(f"multi-host: process {i} of {n} could not join the run at --coordinator "
                           f"{given['coordinator']}: {str(e).strip().splitlines()[0][:300]}") from e
     elif on_tpu_vm():
-        jax.distributed.initialize()
+        jax.distributed.initialize(initialization_timeout=_init_timeout(init_timeout))
     else:
         return
     if jax.process_index() != 0:  # one voice: process 0 reports, the others only warn
@@ -120,14 +118,27 @@ def all_agree(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))  # int: gloo mis-sizes a bool
 
 
+def _init_timeout(given: int | None) -> int:
+    """--init-timeout, else $JAXLM_INIT_TIMEOUT, else 300 s (jax's default)."""
+    where = "--init-timeout"
+    if given is None and os.environ.get(TIMEOUT_ENV):
+        where, given = f"${TIMEOUT_ENV}", _int(TIMEOUT_ENV, os.environ[TIMEOUT_ENV])
+    if given is not None and given <= 0:
+        raise ValueError(f"{where}={given}: expected a positive number of seconds")
+    return 300 if given is None else given
+
+
 def _wait_for(host: str, port: int, timeout: float, who: str) -> None:
-    """Until `host:port` accepts a TCP connection; OSError after `timeout` seconds."""
+    """Until `host:port` accepts a TCP connection; OSError after `timeout` seconds (at once for a host name
+    that does not exist)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection((host, port), timeout=min(5.0, timeout)).close()
             return
         except OSError as e:
+            if isinstance(e, socket.gaierror) and e.errno == socket.EAI_NONAME:  # not a transient DNS failure
+                raise OSError(f"{who}: --coordinator {host}:{port}: the host name does not resolve") from None
             if time.monotonic() >= deadline:
                 raise OSError(f"{who} could not reach the coordinator at --coordinator {host}:{port} within "
                               f"{timeout:g} s ({e.strerror or e}): is process 0 running there? "

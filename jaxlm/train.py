@@ -31,7 +31,8 @@ from jaxlm import checkpoint, distributed, faults, hf, monitor, optim, sharding,
 from jaxlm.data import pipeline
 from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
 from jaxlm.models import bert
-from jaxlm.models.transformer import TransformerConfig, attention_path, stack_layers, unstack_layers
+from jaxlm.models.transformer import (SPLASH_LANES, TransformerConfig, attention_path, stack_layers,
+                                      unstack_layers)
 from jaxlm.steps import eval_step, jit_train_step
 from jaxlm.tasks import classify, pretrain
 
@@ -187,6 +188,11 @@ class Run:
         sharding.check_batch_size("eval_batch_size", config.data.eval_batch_size, mesh)
         if config.task.name not in TASKS:
             raise ValueError(f"config.task.name={config.task.name!r}: expected one of {sorted(TASKS)}")
+        if config.model.get("attention") == "splash":  # (traced per bucket length, maybe only at the first eval)
+            for field, value in (("max_seq_length", config.data.max_seq_length), ("buckets", config.data.buckets)):
+                if any(v % SPLASH_LANES for v in (value if field == "buckets" else [value])):
+                    raise ValueError(f"config.data.{field}={value}: model.attention='splash' needs lengths that are "
+                                     f"multiples of {SPLASH_LANES} ('auto' falls back to 'fused' at the others)")
         task = TASKS[config.task.name]
         tokenizer = resolve_tokenizer(config, workdir)
         if trained:
@@ -413,13 +419,17 @@ def predict(workdir: str | pathlib.Path, texts: list[str], top: int = 1) -> list
     """For each text (a 'text_a\ttext_b' pair when the task has two text fields), its `top` most probable
     (label, probability), most probable first; [('value', v)] for a regression.
 
-    The texts go through the jitted model in batches of config.data.eval_batch_size on the workdir's mesh (the
-    last one padded), with a progress bar when there are several."""
+    The texts go through the jitted model in batches of config.data.eval_batch_size (or fewer texts, rounded up to
+    the mesh's batch unit) on the workdir's mesh, the last one padded, with a progress bar when there are several."""
+    if top < 1:
+        raise ValueError(f"--top {top}: expected a number of labels >= 1")
+    if jax.process_count() > 1:
+        raise ValueError("predict runs in one process (it was started as one of several)")
+    if not texts:
+        return []
     run, params = _trained(workdir)
     if run.label_names is None:
         raise ValueError(f"{workdir}: predict needs a fine-tuned classifier (task 'classify')")
-    if top < 1:
-        raise ValueError(f"--top {top}: expected a number of labels >= 1")
     from tqdm import tqdm
 
     from jaxlm.data.classification import ClassificationExamples, tokenize_examples
@@ -434,7 +444,8 @@ def predict(workdir: str | pathlib.Path, texts: list[str], top: int = 1) -> list
     examples = ClassificationExamples(arrays, d.max_seq_length, (), SpecialIds.of(run.tokenizer))
     logits_fn = jax.jit(lambda p, b: run.model.apply({"params": p}, b)["logits"],
                         in_shardings=(jax.tree.map(lambda x: x.sharding, params), sharding.batch_sharding(run.mesh)))
-    size = d.eval_batch_size
+    unit = sharding.batch_unit(run.mesh)
+    size = min(d.eval_batch_size, -(-len(texts) // unit) * unit)  # one text: a batch of `unit` rows, not 256
     starts = range(0, len(texts), size)
     logits = []
     with sharding.mesh_context(run.mesh):

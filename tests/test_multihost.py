@@ -145,8 +145,12 @@ def test_a_coordinator_that_never_answers_is_one_line_not_an_abort(monkeypatch, 
     assert len(err) == 1 and re.search(rf"process 1 of 2 could not reach the coordinator at --coordinator "
                                        rf"127.0.0.1:{port} within 2 s \(Connection refused\): is process 0", err[0])
     monkeypatch.setenv("JAXLM_INIT_TIMEOUT", "0")
-    with pytest.raises(ValueError, match=r"--init-timeout 0: expected a positive number of seconds"):
+    with pytest.raises(ValueError, match=r"\$JAXLM_INIT_TIMEOUT=0: expected a positive number of seconds"):
         distributed.initialize(coordinator=f"127.0.0.1:{port}", num_processes=2, process_id=1)
+    # A name that cannot exist (RFC 6761) fails at once; a resolver that cannot answer at all, within the wait.
+    with pytest.raises(OSError, match=r"--coordinator no-such-host.invalid:1234(: the host name does not resolve|"
+                                      r" within 3 s)"):
+        distributed.initialize(coordinator="no-such-host.invalid:1234", num_processes=2, process_id=1, init_timeout=3)
 
 
 def test_explicit_multihost_flags_must_come_together(monkeypatch):

@@ -71,6 +71,7 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
         assert [label for label, _ in alone] == [label for label, _ in ranked[i]]
         np.testing.assert_allclose([p for _, p in alone], [p for _, p in ranked[i]], rtol=1e-5)
     assert all(len(r) == 3 and r[0][1] >= r[1][1] >= r[2][1] and sum(p for _, p in r) <= 1 + 1e-6 for r in ranked)
+    assert train.predict(fine, []) == []
     assert cli.main(["predict", "--workdir", str(fine), "--top", "2", texts[0]]) == 0
     first, p1, second, p2, echoed = capsys.readouterr().out.strip().split("\t")
     assert first != second and float(p1) >= float(p2) and echoed == texts[0]
@@ -159,6 +160,18 @@ def test_gradient_accumulation_matches_one_large_batch(data_env):
     assert float(m1["mlm_count"]) == float(m4["mlm_count"]) == float(batch["masked_weights"].sum())
     np.testing.assert_allclose(m4["mlm_loss_sum"], m1["mlm_loss_sum"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p4, p1)
+
+
+def test_splash_attention_lengths_are_checked_before_the_run(data_env, tmp_path):
+    """Bucket lengths are traced only when a batch of that length first comes (maybe at the first evaluation):
+    a length the splash kernel cannot take is refused when the run is set up."""
+    fields = {"model.attention": "splash", "model.attention_dropout": 0.0, "data.max_seq_length": 128}
+    with pytest.raises(ValueError, match=r"config.data.buckets=\(64, 128\): model.attention='splash' needs lengths "
+                                         r"that are multiples of 128"):
+        train.Run.create(tiny("scratch", data_env, **fields, **{"data.buckets": (64, 128)}), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"config.data.max_seq_length=96: model.attention='splash'"):
+        train.Run.create(tiny("scratch", data_env, **{**fields, "data.max_seq_length": 96, "data.buckets": ()}),
+                         tmp_path / "b")
 
 
 def test_misspelt_config_field_names_the_nearest(capsys):
