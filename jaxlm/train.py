@@ -31,7 +31,7 @@ from jaxlm import checkpoint, distributed, faults, hf, monitor, optim, sharding,
 from jaxlm.data import pipeline
 from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
 from jaxlm.models import bert
-from jaxlm.models.transformer import (SPLASH_LANES, TransformerConfig, attention_path, stack_layers,
+from jaxlm.models.transformer import (TransformerConfig, attention_path, check_splash_length, stack_layers,
                                       unstack_layers)
 from jaxlm.steps import eval_step, jit_train_step
 from jaxlm.tasks import classify, pretrain
@@ -189,10 +189,9 @@ class Run:
         if config.task.name not in TASKS:
             raise ValueError(f"config.task.name={config.task.name!r}: expected one of {sorted(TASKS)}")
         if config.model.get("attention") == "splash":  # (traced per bucket length, maybe only at the first eval)
-            for field, value in (("max_seq_length", config.data.max_seq_length), ("buckets", config.data.buckets)):
-                if any(v % SPLASH_LANES for v in (value if field == "buckets" else [value])):
-                    raise ValueError(f"config.data.{field}={value}: model.attention='splash' needs lengths that are "
-                                     f"multiples of {SPLASH_LANES} ('auto' falls back to 'fused' at the others)")
+            check_splash_length(config.data.max_seq_length, "config.data.max_seq_length")
+            for length in config.data.buckets:
+                check_splash_length(length, f"config.data.buckets={tuple(config.data.buckets)}")
         task = TASKS[config.task.name]
         tokenizer = resolve_tokenizer(config, workdir)
         if trained:
@@ -416,7 +415,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, split: str) -> dict[str, float
 
 
 def predict(workdir: str | pathlib.Path, texts: list[str], top: int = 1) -> list[list[tuple[str, float]]]:
-    """For each text (a 'text_a\ttext_b' pair when the task has two text fields), its `top` most probable
+    """For each text (a 'text_a\\ttext_b' pair when the task has two text fields), its `top` most probable
     (label, probability), most probable first; [('value', v)] for a regression.
 
     The texts go through the jitted model in batches of config.data.eval_batch_size (or fewer texts, rounded up to
@@ -446,13 +445,13 @@ def predict(workdir: str | pathlib.Path, texts: list[str], top: int = 1) -> list
                         in_shardings=(jax.tree.map(lambda x: x.sharding, params), sharding.batch_sharding(run.mesh)))
     unit = sharding.batch_unit(run.mesh)
     size = min(d.eval_batch_size, -(-len(texts) // unit) * unit)  # one text: a batch of `unit` rows, not 256
-    starts = range(0, len(texts), size)
+    batches = -(-len(texts) // size)
     logits = []
     with sharding.mesh_context(run.mesh):
-        for start in tqdm(starts, desc="predict", unit="batch", disable=len(starts) < 2):
-            index = np.arange(start, start + size) % len(texts)  # the last batch padded with repeated texts
-            batch = examples.batch(index, 0, d.max_seq_length)
-            logits.append(np.asarray(logits_fn(params, sharding.global_batch(batch, run.mesh)))[: len(texts) - start])
+        for batch in tqdm(pipeline.eval_batches(examples, size), total=batches, desc="predict", unit="batch",
+                          disable=batches < 2):  # in order; the last batch padded with weight-0 rows
+            real = batch["example_weight"] > 0
+            logits.append(np.asarray(logits_fn(params, sharding.global_batch(batch, run.mesh)))[real])
     logits = np.concatenate(logits)
     if run.num_labels == 1:
         return [[("value", float(v))] for v in logits[:, 0]]

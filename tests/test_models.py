@@ -106,7 +106,7 @@ def test_splash_attention_matches_explicit_forward_and_backward(packed):
 
 def test_splash_attention_refuses_lengths_and_dropout_it_cannot_do():
     q, k, v, pad = _splash_inputs(length=100)
-    with pytest.raises(ValueError, match=r"model.attention='splash' needs a sequence length that is a multiple of "
+    with pytest.raises(ValueError, match=r"model.attention='splash' needs sequence lengths that are multiples of "
                                          r"128, got 100 \(config.data.max_seq_length"):
         transformer.splash_attention(q, k, v, transformer.attention_mask(jnp.asarray(pad)))
     with pytest.raises(ValueError, match=r"model.attention='splash' computes no attention dropout, but "

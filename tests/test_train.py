@@ -166,10 +166,10 @@ def test_splash_attention_lengths_are_checked_before_the_run(data_env, tmp_path)
     """Bucket lengths are traced only when a batch of that length first comes (maybe at the first evaluation):
     a length the splash kernel cannot take is refused when the run is set up."""
     fields = {"model.attention": "splash", "model.attention_dropout": 0.0, "data.max_seq_length": 128}
-    with pytest.raises(ValueError, match=r"config.data.buckets=\(64, 128\): model.attention='splash' needs lengths "
-                                         r"that are multiples of 128"):
+    with pytest.raises(ValueError, match=r"model.attention='splash' needs sequence lengths that are multiples of "
+                                         r"128, got 64 \(config.data.buckets=\(64, 128\)\)"):
         train.Run.create(tiny("scratch", data_env, **fields, **{"data.buckets": (64, 128)}), tmp_path / "a")
-    with pytest.raises(ValueError, match=r"config.data.max_seq_length=96: model.attention='splash'"):
+    with pytest.raises(ValueError, match=r"multiples of 128, got 96 \(config.data.max_seq_length\)"):
         train.Run.create(tiny("scratch", data_env, **{**fields, "data.max_seq_length": 96, "data.buckets": ()}),
                          tmp_path / "b")
 

@@ -183,6 +183,13 @@ def fused_attention(q, k, v, mask):
 SPLASH_LANES = 128  # the splash kernel's sequence blocks are multiples of this
 
 
+def check_splash_length(length: int, field: str = "config.data.max_seq_length, or a length bucket") -> None:
+    """The splash kernel's one length rule (its sequence blocks), for the model and for the trainer's set-up."""
+    if length % SPLASH_LANES:
+        raise ValueError(f"model.attention='splash' needs sequence lengths that are multiples of {SPLASH_LANES}, "
+                         f"got {length} ({field}); model.attention='auto' falls back to 'fused' at the others")
+
+
 def attention_path(config: TransformerConfig, *, training: bool, length: int, platform: str) -> str:
     """What `config.attention` resolves to ('explicit', 'fused' or 'splash') for a sequence `length` on
     `platform` ('cpu', 'gpu', 'tpu'), in training (dropout active) or not."""
@@ -213,11 +220,7 @@ def splash_attention(q, k, v, mask: Mask):
     an axis that does not divide its dimension is left out).
     """
     batch, length, heads, head_dim = q.shape
-    if length % SPLASH_LANES:
-        raise ValueError(
-            f"model.attention='splash' needs a sequence length that is a multiple of {SPLASH_LANES}, got {length}"
-            " (config.data.max_seq_length, or a length bucket); model.attention='auto' falls back to 'fused'"
-        )
+    check_splash_length(length)
     interpret = _platform() != "tpu"
 
     def local(q, k, v, q_segments, kv_segments):
