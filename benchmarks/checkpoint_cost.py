@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
@@ -81,28 +80,24 @@ def base_cost(args, tmp: pathlib.Path) -> None:
 
     from jaxlm import checkpoint, optim, sharding, steps, train_state
     from jaxlm.models import bert
-    from jaxlm.tasks import pretrain
+    from jaxlm.tasks.pretrain import Pretrain
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from train_step import make_batch
 
     cfg = bert.preset("bert-base")
-    model = bert.for_task(cfg, "pretrain")
+    model = bert.BertForPreTraining(cfg)
     tx, _ = optim.make_optimizer(types.SimpleNamespace(
         name="adamw", learning_rate=1e-4, warmup_steps=0, num_steps=1_000_000, schedule="linear",
         weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    init = functools.partial(train_state.create, model, tx, max_seq_length=128)
     arrays = make_batch(8, 128)
     for k in ("every_ids", "every_weights"):
         arrays.pop(k)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state, shardings = train_state.init(model, tx, mesh, jax.random.key(0), max_seq_length=128)
+    step_fn = steps.jit_train_step(model, Pretrain.loss, tx, mesh, shardings, accumulate=1)
     with sharding.mesh_context(mesh):
-        state, shardings = sharding.init_sharded(init, mesh, jax.random.key(0))
         batch = jax.device_put(arrays, sharding.batch_sharding(mesh))
-        step_fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss=pretrain.loss, accumulate=1),
-                          in_shardings=(shardings, sharding.batch_sharding(mesh), replicated),
-                          out_shardings=(shardings, replicated), donate_argnums=(0,))
         rng = jax.random.key(1)
         state, metrics = step_fn(state, batch, rng)
         jax.block_until_ready(metrics)

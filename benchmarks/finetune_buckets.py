@@ -19,7 +19,6 @@ so the ratio is the speed-up on the same data. The load average is printed besid
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
@@ -40,7 +39,7 @@ from jaxlm.data import pipeline, sources  # noqa: E402
 from jaxlm.data.classification import classification_examples  # noqa: E402
 from jaxlm.data.tokenizer import load_tokenizer  # noqa: E402
 from jaxlm.models import bert  # noqa: E402
-from jaxlm.tasks import classify  # noqa: E402
+from jaxlm.tasks.classify import Classify  # noqa: E402
 
 MINILM = pathlib.Path(__file__).resolve().parents[1] / ".cache" / "minilm-l6-v2"
 
@@ -75,21 +74,16 @@ def main() -> None:
         cfg = hf.config_from_hf(json.loads((MINILM / "config.json").read_text()))
     else:
         cfg = bert.preset(args.model, vocab_size=tokenizer.vocab_size)
-    model = bert.for_task(cfg, "classify", num_labels)
+    model = bert.BertForSequenceClassification(cfg, num_labels)
     tx, _ = optim.make_optimizer(types.SimpleNamespace(
         name="adamw", learning_rate=1e-4, warmup_steps=0, num_steps=1_000_000, schedule="linear",
         weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    init = functools.partial(train_state.create, model, tx, max_seq_length=args.max_seq_length)
     batch_sharding = sharding.batch_sharding(mesh)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     rng = jax.random.key(1)
+    state, shardings = train_state.init(model, tx, mesh, jax.random.key(0), max_seq_length=args.max_seq_length)
+    step_fn = steps.jit_train_step(model, Classify.loss, tx, mesh, shardings, accumulate=1)
     with sharding.mesh_context(mesh):
-        state, shardings = sharding.init_sharded(init, mesh, jax.random.key(0))
-        step_fn = jax.jit(
-            functools.partial(steps.train_step, model=model, tx=tx, loss=classify.loss, accumulate=1),
-            in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
-            donate_argnums=(0,))
         # One compile per padded length: the maximum for `padded`, each bucket for `buckets`.
         compiled, compile_s = {}, {}
         for length in sorted({*buckets, args.max_seq_length}):

@@ -143,26 +143,24 @@ def _serve(step, peak, extra=None) -> None:
 def build_jax_step(spec: dict):
     """jaxlm's step for `spec` (preset, length, batch_file, variant, mode, dtype, attention_dropout,
     model_overrides), compiled ahead of time: (compiled, state, batch, rng, timings)."""
-    import functools
     import types
 
     import jax
 
     from jaxlm import optim, sharding, steps, train_state
     from jaxlm.models import bert
-    from jaxlm.tasks import pretrain
+    from jaxlm.tasks.pretrain import Pretrain
 
     t0 = time.perf_counter()
     dtype = {"float32": "float32", "bfloat16": "bfloat16"}[spec["dtype"]]
     cfg = bert.preset(spec["preset"], vocab_size=VOCAB, dtype=jax.numpy.dtype(dtype),
                       attention_dropout=spec["attention_dropout"], **spec["model_overrides"])
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.intermediate_size) == LAYERS[spec["preset"]]
-    model = bert.for_task(cfg, "pretrain")
+    model = bert.BertForPreTraining(cfg)
     tx, _ = optim.make_optimizer(types.SimpleNamespace(
         name="adamw", learning_rate=1e-4, warmup_steps=0, num_steps=1_000_000, schedule="linear",
         weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    init = functools.partial(train_state.create, model, tx, max_seq_length=spec["length"])
     arrays = dict(np.load(spec["batch_file"]))
     if spec["variant"] == "every":  # labels at every position: no masked_positions, logits everywhere
         arrays["masked_ids"], arrays["masked_weights"] = arrays.pop("every_ids"), arrays.pop("every_weights")
@@ -170,17 +168,17 @@ def build_jax_step(spec: dict):
     else:
         arrays.pop("every_ids"), arrays.pop("every_weights")
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state, shardings = train_state.init(model, tx, mesh, jax.random.key(0), max_seq_length=spec["length"])
     with sharding.mesh_context(mesh):
-        state, shardings = sharding.init_sharded(init, mesh, jax.random.key(0))
         batch = jax.device_put(arrays, sharding.batch_sharding(mesh))
         rng = jax.random.key(1)
         if spec["mode"] == "train":
-            fn = steps.jit_train_step(model, pretrain.loss, tx, mesh, shardings, accumulate=1)
+            fn = steps.jit_train_step(model, Pretrain.loss, tx, mesh, shardings, accumulate=1)
         else:  # forward + backward: the gradients train_step computes, without the update
             def fwd_bwd(state, batch, rng):
                 def loss_fn(params, micro_batch, r):
                     out = model.apply({"params": params}, micro_batch, deterministic=False, rngs={"dropout": r})
-                    return pretrain.loss(out, micro_batch)
+                    return Pretrain.loss(out, micro_batch)
 
                 grads, sums, _, _ = optim.accumulate_gradients(
                     loss_fn, state.params, optim.split_micro_batches(batch, 1), rng)

@@ -2,8 +2,8 @@
 
     jaxlm compile --config experiments/FILE.py[:variant] --topology v5e-16 [--config.FIELD=VALUE ...]
 
-The step compiled is the trainer's own (`steps.jit_train_step` on the shardings `sharding.abstract_state`
-derives), for the config's model, optimizer, mesh and global batch, on the devices libtpu describes for the
+The step compiled is the trainer's own (the task's `train_step` on the abstract state `jaxlm.experiment` derives),
+for the config's model, optimizer, mesh and global batch, on the devices libtpu describes for the
 topology. The report: memory per device (arguments, outputs, temporaries), the FLOPs of a step, and the
 largest global batch that fits (compiles, searched by bisection). XLA refuses a program that does not fit
 in a chip's HBM: that is the answer to "will it fit", found before a TPU is paid for.
@@ -14,16 +14,14 @@ Needs libtpu: `pip install 'jax[tpu]==0.10.2'` (about 0.7 GB).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 import time
 
 import jax
-import ml_collections
 
-from jaxlm import monitor, optim, sharding, steps, train, train_state
-from jaxlm.models import bert, transformer
+from jaxlm import experiment, sharding
+from jaxlm.models import transformer
 
 GIB = 1024**3
 
@@ -88,43 +86,20 @@ def topology_devices(accelerator: str) -> tuple[str, float, list]:
     return topology, hbm, list(devices)
 
 
-def _vocab_size(config) -> int:
-    """The vocabulary the model gets: the one of config.data.tokenizer, as `train.resolve_tokenizer` finds it."""
-    from jaxlm.data.tokenizer import load_tokenizer
-
-    if config.data.tokenizer == "train":
-        return config.data.vocab_size
-    return load_tokenizer(train.tokenizer_source(config)).vocab_size
-
-
-def _model(config):
-    """(model config, flax model, task) of a config, without reading its data (classify: task.num_labels if set)."""
-    if config.task.name not in train.TASKS:
-        raise ValueError(f"config.task.name={config.task.name!r}: expected one of {sorted(train.TASKS)}")
-    task = train.TASKS[config.task.name]
-    model_config, _ = train.model_config_from(config, _vocab_size(config))
-    if config.task.name == "classify":
-        num_labels = config.task.num_labels or len(task.label_names(config))
-        return model_config, bert.for_task(model_config, "classify", num_labels), task
-    return model_config, bert.for_task(model_config, "pretrain"), task
-
-
 class TrainStep:
     """The trainer's jitted train step for `config` on `devices`, and its abstract inputs, ready to compile."""
 
     def __init__(self, config, devices):
-        m, o = config.mesh, config.optim
         self.config, self.devices = config, devices
-        self.model_config, model, self.task = _model(config)
-        self.mesh = sharding.make_mesh(m.data, m.fsdp, m.tensor, devices=devices)
-        self.unit = sharding.batch_unit(self.mesh, o.accumulate)  # batch sizes: multiples of it
-        tx, _ = optim.make_optimizer(ml_collections.ConfigDict({**o.to_dict(), "num_steps": config.train.num_steps or 1}))
-        init = functools.partial(train_state.create, model, tx, max_seq_length=config.data.max_seq_length)
+        # Without the data: classification labels from config.task.num_labels when set.
+        exp = experiment.Experiment.from_config(config, experiment.vocab_size(config), devices, read_data=False)
+        self.model_config, self.task, self.mesh = exp.model_config, exp.task, exp.mesh
+        self.unit = sharding.batch_unit(self.mesh, config.optim.accumulate)  # batch sizes: multiples of it
+        tx, _ = exp.optimizer(config.train.num_steps or 1)
         key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no array on this machine's devices
-        with sharding.mesh_context(self.mesh):
-            self.state = sharding.abstract_state(init, self.mesh, key)
-        self.step = steps.jit_train_step(model, self.task.loss, tx, self.mesh,
-                                         jax.tree.map(lambda x: x.sharding, self.state), o.accumulate)
+        self.state = exp.abstract_state(tx, key)
+        self.step = exp.task.train_step(exp.model, tx, self.mesh, jax.tree.map(lambda x: x.sharding, self.state),
+                                        config.optim.accumulate)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
 
@@ -133,7 +108,7 @@ class TrainStep:
         sharding.check_batch_size("batch_size", batch_size, self.mesh, self.config.optim.accumulate)
         rows = sharding.batch_sharding(self.mesh)
         batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
-                 for k, (shape, dtype) in self.task.batch_spec(self.config, batch_size).items()}
+                 for k, (shape, dtype) in self.task.batch_spec(batch_size).items()}
         start = time.perf_counter()
         with sharding.mesh_context(self.mesh):
             try:
@@ -201,8 +176,7 @@ def report(config, accelerator: str, search: bool = True) -> dict:
         raise DoesNotFit(f"config.data.batch_size={batch_size} does not fit on {accelerator} ({hbm:g} GiB per "
                          f"device) with mesh {out['mesh']}: {need}{found}. Shard more (config.mesh.fsdp, "
                          "config.mesh.tensor), recompute (config.model.remat), or lower the batch")
-    model_flops = monitor.train_flops_per_example(step.model_config, config.data.max_seq_length,
-                                                  step.task.predictions_per_example(config)) * batch_size
+    model_flops = step.task.flops_per_example(step.model_config, config.data.max_seq_length) * batch_size
     out.update(
         memory_gib_per_device={k: getattr(c, k) / GIB for k in ("arguments", "outputs", "aliased", "temporaries",
                                                                 "code", "total")},

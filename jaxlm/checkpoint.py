@@ -181,9 +181,8 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, abstract_state: Any, *, which: str = "latest", step: int | None = None
-                ) -> tuple[int, Any, dict, dict] | None:
-        """(step, state, data_state, meta) of the newest complete checkpoint, or None if there is none.
+    def restore(self, abstract_state: Any, *, step: int | None = None) -> tuple[int, Any, dict, dict] | None:
+        """(step, state, data_state, meta) of the newest complete checkpoint (or of `step`), or None if there is none.
 
         `abstract_state` holds ShapeDtypeStructs with shardings: the state is restored straight onto that
         mesh, whatever the mesh it was saved from. A checkpoint that cannot be read is reported with its
@@ -192,9 +191,7 @@ class Checkpoints:
         again). Checkpoints none of which can be read raise ValueError: a run never starts from scratch
         over them.
         """
-        manager = self.latest if which == "latest" else self.best
-        if manager is None:
-            return None
+        manager = self.latest
         steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
         unreadable = []
         for s in steps:

@@ -2,7 +2,8 @@
 
     jaxlm pretrain  --config experiments/FILE.py[:variant] --workdir DIR [--config.FIELD=VALUE ...]
     jaxlm finetune  --config experiments/FILE.py[:variant] --workdir DIR [--config.FIELD=VALUE ...]
-    jaxlm evaluate  --workdir DIR [--split test]
+    jaxlm train     --config experiments/FILE.py[:variant] --workdir DIR   (any task)
+    jaxlm evaluate  --workdir DIR [--split test] [--config.data.*=... --config.mesh.*=...]
     jaxlm predict   --workdir DIR "This is an amazing movie!" ...   (or --file F, or texts on stdin)
     jaxlm convert   --from-hf SRC --out DST  |  --to-hf WORKDIR --out DST
     jaxlm tokenizer train --dataset NAME --vocab-size N --model-type unigram --out DIR
@@ -27,12 +28,13 @@ from jaxlm import distributed
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlm", description="BERT pretraining and fine-tuning in JAX/Flax.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("pretrain", "MLM + NSP pretraining"), ("finetune", "fine-tune a classifier")):
+    for name, help_ in (("pretrain", "MLM + NSP pretraining"), ("finetune", "fine-tune a classifier"),
+                        ("train", "train the task config.task.name names")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", required=True, help="experiments/FILE.py or experiments/FILE.py:variant")
         s.add_argument("--workdir", required=True, help="checkpoints, logs and plots; a rerun resumes here")
         distributed.add_flags(s)
-    s = sub.add_parser("evaluate", help="metrics of a trained workdir on a split")
+    s = sub.add_parser("evaluate", help="metrics of a trained workdir on a split (--config.data.* says which data)")
     s.add_argument("--workdir", required=True)
     s.add_argument("--split", default="test")
     s = sub.add_parser("predict", help="label and probability of each text (fine-tuned classifier)")
@@ -86,18 +88,17 @@ def _compile(args, overrides: list[str]) -> int:
 
 def _train(args, overrides: list[str]) -> int:
     from jaxlm import config as jaxlm_config
-    from jaxlm import train
+    from jaxlm import tasks, train
 
     config = jaxlm_config.override(jaxlm_config.load(args.config), overrides)
-    want = {"pretrain": "pretrain", "finetune": "classify"}[args.command]
-    if config.task.name != want:
+    task = tasks.TASKS.get(config.task.name)
+    if task is not None and args.command != "train" and task.command != args.command:
         raise jaxlm_config.ConfigError(
-            f"--config {args.config}: config.task.name is {config.task.name!r}; `jaxlm {args.command}` "
-            f"expects {want!r}")
+            f"--config {args.config}: config.task.name is {config.task.name!r}, which `jaxlm {task.command}` "
+            f"trains, not `jaxlm {args.command}`")
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
     final = train.train_and_evaluate(config, args.workdir)
-    summary = {k: v for k, v in final.items() if k != "params"}
-    print(json.dumps(summary, indent=2, default=float))
+    print(json.dumps(final, indent=2, default=float))
     if final.get("stopped") == "nonfinite":  # train.on_nonfinite='stop': a failed run, its last good state saved
         print(f"jaxlm {args.command}: stopped: non-finite loss or gradient before step {final['step']}; its last "
               f"good state is saved in {args.workdir}/checkpoints/{final['step']}", file=sys.stderr)
@@ -109,28 +110,21 @@ def _convert(args) -> int:
     from jaxlm import hf
 
     if args.from_hf:
-        import pathlib
-
-        from jaxlm import checkpoint, train
-        from jaxlm.data.tokenizer import load_tokenizer
-
-        model_config, params = hf.from_pretrained(args.from_hf, "pretrain")
-        identity = {"task": "pretrain", "source": args.from_hf, "model": train._model_dict(model_config)}
-        checkpoint.write_params(args.out, identity, params)
-        load_tokenizer(args.from_hf).save(pathlib.Path(args.out) / "tokenizer")
-        print(f"wrote {args.out} (a jaxlm workdir to fine-tune from with model.init_from='jaxlm:{args.out}')")
+        task = hf.write_workdir(args.from_hf, args.out)
+        print(f"wrote {args.out} (a jaxlm workdir, task {task!r}: evaluate, predict or convert --to-hf it, or "
+              f"fine-tune from it with model.init_from='jaxlm:{args.out}')")
     else:
-        from jaxlm import train
+        from jaxlm import inference
 
-        run, params = train._trained(args.to_hf)
-        hf.save_pretrained(run.model_config, params, args.out, label_names=run.label_names)
-        run.tokenizer.save(args.out)
+        model = inference.load(args.to_hf)
+        hf.save_pretrained(model.experiment.model_config, model.params, args.out, label_names=model.label_names)
+        model.tokenizer.save(args.out)
         print(f"wrote {args.out} (config.json, model.safetensors)")
     return 0
 
 
-def _predict(args) -> int:
-    from jaxlm import train
+def _predict(args, overrides: list[str]) -> int:
+    from jaxlm import inference
 
     texts = list(args.texts)
     if args.file == "-":
@@ -142,7 +136,9 @@ def _predict(args) -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ValueError("predict: give texts as arguments, with --file, or on stdin")
-    for text, ranked in zip(texts, train.predict(args.workdir, texts, top=args.top)):
+    if args.top < 1:
+        raise ValueError(f"--top {args.top}: expected a number of labels >= 1")
+    for text, ranked in zip(texts, inference.load(args.workdir, *overrides).predict(texts, top=args.top)):
         print("\t".join(f"{label}\t{prob:.4f}" for label, prob in ranked) + f"\t{text}")
     return 0
 
@@ -157,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     distributed.skip_absent_tpu()
     try:
-        if args.command in ("pretrain", "finetune"):
+        if args.command in ("pretrain", "finetune", "train"):
             return _train(args, overrides)
         if args.command == "compile":
             return _compile(args, overrides)
@@ -166,15 +162,16 @@ def main(argv: list[str] | None = None) -> int:
 
             return sweep.run(args.config, args.workdir, parallel=args.parallel, overrides=overrides,
                              dry_run=args.dry_run)
-        if overrides:
-            raise ValueError(f"--config.* overrides apply to pretrain, finetune, compile and sweep, not {args.command}")
         if args.command == "evaluate":
-            from jaxlm import train
+            from jaxlm import inference
 
-            print(json.dumps(train.evaluate_workdir(args.workdir, args.split), indent=2))
+            print(json.dumps(inference.load(args.workdir, *overrides).evaluate(args.split), indent=2))
             return 0
         if args.command == "predict":
-            return _predict(args)
+            return _predict(args, overrides)
+        if overrides:
+            raise ValueError(f"--config.* overrides apply to pretrain, finetune, train, compile, sweep, evaluate and "
+                             f"predict, not {args.command}")
         if args.command == "convert":
             return _convert(args)
         if args.command == "tokenizer":

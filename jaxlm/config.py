@@ -88,16 +88,6 @@ def override(config: ml_collections.ConfigDict, assignments: list[str]) -> ml_co
     return config
 
 
-def get(config: ml_collections.ConfigDict, path: str):
-    """The value at a dotted path, with an error naming the missing field."""
-    node = config
-    for part in path.split("."):
-        if part not in node:
-            raise ConfigError(f"config.{path}: missing from the config (file {config.get('config_file')})")
-        node = node[part]
-    return node
-
-
 def base() -> ml_collections.ConfigDict:
     """Every field a run reads, with BERT's values where the paper or google-research/bert set them.
 

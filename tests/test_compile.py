@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import aot, cli, sharding, train
+from jaxlm import aot, cli, experiment, sharding, tasks
 from jaxlm import config as jaxlm_config
 from jaxlm.models import bert, transformer
 from tiny import tiny
@@ -53,10 +53,10 @@ def test_largest_batch_brackets_and_bisects():
 @pytest.mark.parametrize("variant", ["pretrain", "scratch"])
 def test_batch_spec_is_what_the_data_pipeline_makes(data_env, variant):
     c = tiny(variant, data_env, **({"task.packed": True} if variant == "pretrain" else {}))
-    run = train.Run.create(c, data_env / f"spec_{variant}")
-    examples = run.task.examples(c, run.tokenizer, "validation[:48]")
+    task = tasks.create(c)
+    examples = task.examples(experiment.resolve_tokenizer(c, data_env / f"spec_{variant}"), "validation[:48]")
     batch = examples.batch(np.arange(8), 0, c.data.max_seq_length)
-    assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == run.task.batch_spec(c, 8)
+    assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == task.batch_spec(8)
 
 
 def test_splash_attention_is_chosen_and_compiled_by_mosaic_for_tpu():

@@ -2,13 +2,15 @@
 fine-tuned jaxlm workdir -> a Hugging Face classifier that gives `jaxlm predict`'s probabilities."""
 
 import csv
+import json
 import pathlib
 import string
 
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, cli, train
+import jaxlm
+from jaxlm import checkpoint, cli, experiment, train
 from jaxlm import config as jaxlm_config
 from jaxlm.data.builders import debian
 
@@ -84,14 +86,14 @@ def test_from_hf_gives_the_encoder_to_finetune_and_the_heads_to_pretrain(tiny_hf
     hf = transformers.BertForPreTraining.from_pretrained(tiny_hf).state_dict()
     c = jaxlm_config.base()
     jaxlm_config.override(c, [f"model.init_from=jaxlm:{converted}", f"data.max_seq_length={LENGTH}"])
-    _, pretrained = train.model_config_from(c, len(VOCAB))  # task 'pretrain': phase 2 keeps the heads
+    _, pretrained = experiment.model_config_from(c, len(VOCAB))  # task 'pretrain': phase 2 keeps the heads
     assert set(pretrained) == {"bert", "mlm_head", "nsp_head"}
     np.testing.assert_array_equal(pretrained["nsp_head"]["kernel"], hf["cls.seq_relationship.weight"].numpy().T)
     np.testing.assert_array_equal(pretrained["mlm_head"]["bias"], hf["cls.predictions.bias"].numpy())
     np.testing.assert_array_equal(pretrained["bert"]["embeddings"]["word"]["embedding"],
                                   hf["bert.embeddings.word_embeddings.weight"].numpy())
     c.task.name = "classify"
-    assert set(train.model_config_from(c, len(VOCAB))[1]) == {"bert"}  # the classifier head starts fresh
+    assert set(experiment.model_config_from(c, len(VOCAB))[1]) == {"bert"}  # the classifier head starts fresh
 
 
 def test_finetuning_starts_from_the_converted_encoder(converted, finetuned):
@@ -115,7 +117,43 @@ def test_to_hf_classifier_gives_jaxlm_predict_probabilities(finetuned, tmp_path)
     assert inputs["input_ids"].shape[1] <= LENGTH  # no truncation: the two sides see the same tokens
     with torch.no_grad():
         probs = torch.softmax(model(**inputs).logits, -1).numpy()
-    predicted = [ranked[0] for ranked in train.predict(finetuned, [f"{a}\t{b}" for a, b in pairs])]
+    predicted = [ranked[0] for ranked in jaxlm.load(finetuned).predict([f"{a}\t{b}" for a, b in pairs])]
     assert [label for label, _ in predicted] == [model.config.id2label[i] for i in probs.argmax(-1)]
     np.testing.assert_allclose([p for _, p in predicted], probs.max(-1), atol=1e-5)
     assert probs.max(-1).std() > 1e-3  # the fine-tuned classifier tells the texts apart
+
+
+def test_hf_classifier_to_jaxlm_and_back_through_the_cli(finetuned, pairs_task, tmp_path, capsys):
+    """A Hugging Face BertForSequenceClassification -> `convert --from-hf` -> a workdir every command takes
+    (predict, evaluate with the data named by --config.data.*) -> `convert --to-hf`: the same logits."""
+    first = tmp_path / "hf"
+    assert cli.main(["convert", "--to-hf", str(finetuned), "--out", str(first)]) == 0
+    workdir, back = tmp_path / "w", tmp_path / "back"
+    assert cli.main(["convert", "--from-hf", str(first), "--out", str(workdir)]) == 0
+    assert "task 'classify'" in capsys.readouterr().out
+    assert cli.main(["convert", "--from-hf", str(first), "--out", str(workdir)]) == 2  # never over a workdir
+    assert cli.main(["convert", "--to-hf", str(workdir), "--out", str(back)]) == 0
+    a = transformers.BertForSequenceClassification.from_pretrained(first).eval()
+    b = transformers.BertForSequenceClassification.from_pretrained(back).eval()
+    assert a.config.id2label == b.config.id2label and len(a.config.id2label) == 3
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(back)
+    inputs = tokenizer(["dog", "think twice"], ["a domestic animal", "use the mind"], padding=True,
+                       return_tensors="pt")
+    with torch.no_grad():
+        np.testing.assert_allclose(b(**inputs).logits.numpy(), a(**inputs).logits.numpy(), atol=1e-5)
+
+    texts = ["dog\ta domestic animal", "run\tmove fast on foot", "red\tof the colour of blood"]
+    # What the texts are (here pairs) is data the converted model never had: data.text_fields says it.
+    converted, trained = jaxlm.load(workdir, "data.text_fields=('text', 'text_b')"), jaxlm.load(finetuned)
+    assert converted.label_names == trained.label_names
+    for x, y in zip(converted.predict(texts, top=3), trained.predict(texts, top=3)):
+        assert [label for label, _ in x] == [label for label, _ in y]
+        np.testing.assert_allclose([p for _, p in x], [p for _, p in y], atol=1e-5)
+    data = ["--config.data.dataset=local_classification", f"--config.data.path={pairs_task}",
+            "--config.data.text_fields=('text', 'text_b')", f"--config.data.max_seq_length={LENGTH}"]
+    with pytest.raises(ValueError, match="has no data: give it with --config.data.dataset"):
+        converted.evaluate("validation")
+    assert cli.main(["evaluate", "--workdir", str(workdir), "--split", "validation", *data]) == 0
+    out = capsys.readouterr().out
+    evaluated = json.loads(out[out.index("{\n"):])
+    assert evaluated == pytest.approx(trained.evaluate("validation"), rel=1e-5)

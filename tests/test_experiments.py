@@ -15,12 +15,10 @@ import pytest
 import tensorflow_datasets as tfds
 from minilm import minilm_dir
 
-from jaxlm import cli, optim, train
+from jaxlm import cli, experiment, optim, tasks, train
 from jaxlm import config as jaxlm_config
 from jaxlm.data.builders import BUILDERS, debian, embedded
 from jaxlm.data.tokenizer import WordPieceTokenizer
-from jaxlm.models import bert
-from jaxlm.tasks import classify
 
 REPO = pathlib.Path(__file__).parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -64,14 +62,14 @@ def test_config_loads_and_is_consistent(spec):
             continue
         assert field in base, f"{spec}: config.{field} is not a field of jaxlm.config.base()"
         assert type(value) is type(base[field]), f"{spec}: config.{field}={value!r} vs base {base[field]!r}"
-    assert c.task.name in train.TASKS
+    assert c.task.name in tasks.TASKS
     d = c.data
     assert not d.buckets or max(d.buckets) < d.max_seq_length
     kind, _, where = c.model.init_from.partition(":")
     if kind == "none":  # the model builds: its parameters' shapes, without allocating them
         vocab = d.vocab_size if d.tokenizer == "train" else 30522  # a tokenizer directory: any vocab size
-        model_config, _ = train.model_config_from(c, vocab)
-        model = bert.for_task(model_config, *(("pretrain", None) if c.task.name == "pretrain" else ("classify", 2)))
+        model_config, _ = experiment.model_config_from(c, vocab)
+        model = tasks.create(c).model(model_config, ["a", "b"])
         shapes = jax.eval_shape(model.init, jax.random.key(0), {"input_ids": jax.ShapeDtypeStruct((1, 8), "int32")})
         if c.model.preset == "bert-base":
             assert 109e6 < sum(x.size for x in jax.tree.leaves(shapes)) < 111e6  # 110M with the MLM and NSP heads
@@ -157,9 +155,9 @@ def test_unlabelled_split_is_refused_for_metrics(tmp_path, monkeypatch):
     c = jaxlm_config.load(str(EXPERIMENTS / "minilm_finetune.py"))
     c.data.path, c.data.max_seq_length = str(tmp_path / "task"), 16
     tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])
-    assert len(classify.examples(c, tokenizer, "train")) == 2
+    assert len(tasks.create(c).examples(tokenizer, "train")) == 2
     with pytest.raises(ValueError, match="split 'test': 2 of 2 examples have no label"):
-        classify.examples(c, tokenizer, "test")
+        tasks.create(c).examples(tokenizer, "test")
 
 
 # ------------------------------------------------------------------------------------------------ real MiniLM

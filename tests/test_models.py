@@ -1,7 +1,6 @@
 """The Flax Transformer and BERT: presets, attention paths, variants (bf16, remat, scan)."""
 
 import contextlib
-import dataclasses
 import functools
 
 import flax.linen as nn
@@ -131,7 +130,7 @@ def test_splash_bert_on_a_mesh_matches_explicit():
     """BERT pretraining loss and gradients with the splash kernel run per shard (batch over data x fsdp, heads
     over tensor) on a 2x2x2 mesh equal those of the explicit path."""
     from jaxlm import sharding
-    from jaxlm.tasks import pretrain
+    from jaxlm.tasks.pretrain import Pretrain
 
     cfg = bert.preset("bert-L2-H128", vocab_size=50, hidden_dropout=0.0, attention_dropout=0.0)
     batch = _batch(batch=4, length=128)
@@ -142,10 +141,10 @@ def test_splash_bert_on_a_mesh_matches_explicit():
     params = _init(cfg, batch)[1]
 
     def loss_and_grads(attention, mesh):
-        model = bert.BertForPreTraining(dataclasses.replace(cfg, attention=attention))
+        model = bert.BertForPreTraining(cfg.replace(attention=attention))
 
         def loss(p):
-            sums, denominators, _ = pretrain.loss(model.apply(p, batch), batch)
+            sums, denominators, _ = Pretrain.loss(model.apply(p, batch), batch)
             return sums["mlm"] / denominators["mlm"] + sums["nsp"] / denominators["nsp"]
 
         with sharding.mesh_context(mesh) if mesh else contextlib.nullcontext():
@@ -197,7 +196,7 @@ def test_remat_and_scan_give_the_same_numbers(variant):
     cfg = bert.preset("bert-L2-H128", vocab_size=50, hidden_dropout=0.0, attention_dropout=0.0)
     batch = _batch()
     model, params = _init(cfg, batch)
-    vcfg = dataclasses.replace(cfg, **variant)
+    vcfg = cfg.replace(**variant)
     vparams = params
     if vcfg.scan_layers:
         enc = transformer.stack_layers(params["params"]["bert"]["encoder"], cfg.num_layers)
@@ -225,7 +224,7 @@ def test_bfloat16_compute_with_float32_params():
     out = model.apply(params, batch)
     assert out["hidden"].dtype == jnp.bfloat16 and out["hidden"].shape == (3, 12, 128)
     assert out["mlm_logits"].dtype == jnp.float32 and out["mlm_logits"].shape == (3, 12, 50)
-    f32 = bert.BertForPreTraining(dataclasses.replace(cfg, dtype=jnp.float32)).apply(params, batch)
+    f32 = bert.BertForPreTraining(cfg.replace(dtype=jnp.float32)).apply(params, batch)
     np.testing.assert_allclose(np.asarray(out["pooled"], np.float32), f32["pooled"], atol=0.05)
 
 
@@ -233,7 +232,7 @@ def test_pre_layer_norm_and_classifier_shapes():
     cfg = bert.preset("bert-L2-H128", vocab_size=50, pre_layer_norm=True)
     batch = _batch()
     for num_labels in (1, 5):
-        model = bert.for_task(cfg, "classify", num_labels)
+        model = bert.BertForSequenceClassification(cfg, num_labels)
         params = model.init(jax.random.key(0), batch)
         assert "final_norm" in params["params"]["bert"]["encoder"]
         assert model.apply(params, batch)["logits"].shape == (3, num_labels)

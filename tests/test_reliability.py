@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlm import checkpoint, cli, faults, optim, steps, train, train_state
+from jaxlm import checkpoint, cli, faults, optim, steps, train_state
 from jaxlm import config as jaxlm_config
 from jaxlm.models import bert
 
@@ -241,9 +241,9 @@ def bad_input(data_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-input")
     lab = R.Lab(root, tokenizer=data_env / "tok")
     config = bert.preset("bert-L2-H128", vocab_size=512, max_position_embeddings=128)
-    model = bert.for_task(config, "pretrain", None)
+    model = bert.BertForPreTraining(config)
     params = nn.unbox(model.init(jax.random.key(0), {"input_ids": jnp.zeros((1, 8), jnp.int32)})["params"])
-    checkpoint.write_params(root / "trained", {"task": "pretrain", "model": train._model_dict(config)}, params)
+    checkpoint.write_params(root / "trained", {"task": "pretrain", "model": config.architecture()}, params)
     return R.Context.make(lab, root / "cases", root / "trained")
 
 

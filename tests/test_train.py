@@ -12,15 +12,22 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, cli, optim, sharding, steps, train
+import jaxlm
+from jaxlm import checkpoint, cli, experiment, optim, steps, train, train_state
 from tiny import DEMO, tiny
 
 REPO = pathlib.Path(__file__).parents[1]
 
 
+def _heads8(c):
+    c.model.overrides = {"num_heads": 8}  # heads divisible by 8: tensor sharding is real
+    return c
+
+
 def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
+    """Pretrained on 8 devices, fine-tuned on a data=2 x tensor=4 mesh, evaluated and predicted on one device."""
     pre = tmp_path / "pretrain"
-    result = train.train_and_evaluate(tiny("pretrain", data_env, **{"train.num_steps": 20}), pre)
+    result = train.train_and_evaluate(_heads8(tiny("pretrain", data_env, **{"train.num_steps": 20})), pre)
     records = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
     assert len(train_losses) == 4 and train_losses[-1] < train_losses[0]
@@ -31,12 +38,13 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     assert list((pre / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((pre / "run.json").read_text())["versions"]["jax"] == jax.__version__
     saved = json.loads((pre / "results.json").read_text())
-    again = train.train_and_evaluate(tiny("pretrain", data_env, **{"train.num_steps": 20}), pre)  # a finished run
+    again = train.train_and_evaluate(_heads8(tiny("pretrain", data_env, **{"train.num_steps": 20})), pre)  # finished
     assert again["step"] == 20 and json.loads((pre / "results.json").read_text()) == saved  # keeps its results
 
     fine = tmp_path / "finetune"
     c = tiny("finetune", data_env, **{"train.num_steps": 20, "model.init_from": f"jaxlm:{pre}",
-                                     "data.tokenizer": "init", "train.best_metric": ""})
+                                     "data.tokenizer": "init", "train.best_metric": "", "mesh.data": 2,
+                                     "mesh.tensor": 4})
     result = train.train_and_evaluate(c, fine)
     assert set(result["test"]) >= {"accuracy", "macro_f1", "mcc", "loss", "majority_accuracy"}
     assert json.loads((fine / "results.json").read_text())["test"] == pytest.approx(result["test"])
@@ -48,11 +56,14 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     np.testing.assert_allclose(pos(fine_params), pos(pre_params), atol=1e-4)
     assert np.abs(pos(pre_params)).max() > 0.03
 
-    assert cli.main(["evaluate", "--workdir", str(fine), "--split", "test[:64]"]) == 0
+    # The final checkpoint, read back on one device (trained on data=2 x tensor=4): the same metrics.
+    assert cli.main(["evaluate", "--workdir", str(fine), "--split", "test[:64]", "--config.mesh.data=1"]) == 0
     out = capsys.readouterr().out
     evaluated = json.loads(out[out.index("{\n"):])
     expected = {k: v for k, v in result["test"].items() if k != "majority_accuracy"}
-    assert evaluated == pytest.approx(expected, rel=1e-5)  # the final checkpoint, read back
+    assert evaluated == pytest.approx(expected, rel=1e-5)
+    assert cli.main(["evaluate", "--workdir", str(fine), "--config.train.seed=1"]) == 2  # the model is as trained
+    assert "config.data.*, config.mesh.* and config.model.attention only" in capsys.readouterr().err
     texts = ["a domesticated carnivorous mammal", "move fast by using one's feet"]
     with caplog.at_level(logging.WARNING):
         assert cli.main(["predict", "--workdir", str(fine), *texts]) == 0
@@ -65,13 +76,23 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
         assert label in labels and 0 < float(prob) <= 1 and echoed == text
     # 70 texts go in batches of eval_batch_size (32: the last padded); each text's answer is the one it gets alone.
     many = [f"{text} number {i}" for i in range(35) for text in texts]
-    ranked = train.predict(fine, many, top=3)
+    model, one = jaxlm.load(fine), jaxlm.load(fine, "mesh.data=1")  # 8 devices (data parallel), 1 device
+    assert model.experiment.mesh.size == 8 and one.experiment.mesh.size == 1
+    ranked = model.predict(many, top=3)
     for i in (0, 33, 69):
-        alone = train.predict(fine, [many[i]], top=3)[0]
+        alone = one.predict([many[i]], top=3)[0]
         assert [label for label, _ in alone] == [label for label, _ in ranked[i]]
         np.testing.assert_allclose([p for _, p in alone], [p for _, p in ranked[i]], rtol=1e-5)
+    # Embeddings: the same on 1 and 8 devices; a text's mean-pooled one is the same alone and beside a longer text
+    # (its padding is left out), and differs from the pooled output.
+    pooled, mean = model.embed(many[:3]), model.embed(many[:3], pooling="mean")
+    assert pooled.shape == mean.shape == (3, 128) and not np.allclose(pooled, mean, atol=1e-3)
+    np.testing.assert_allclose(one.embed(many[:3]), pooled, rtol=1e-5, atol=1e-6)
+    short = "a cat"
+    np.testing.assert_allclose(one.embed([short], pooling="mean")[0],
+                               model.embed([short, many[1] * 3], pooling="mean")[0], rtol=1e-5, atol=1e-6)
     assert all(len(r) == 3 and r[0][1] >= r[1][1] >= r[2][1] and sum(p for _, p in r) <= 1 + 1e-6 for r in ranked)
-    assert train.predict(fine, []) == []
+    assert model.predict([]) == []
     assert cli.main(["predict", "--workdir", str(fine), "--top", "2", texts[0]]) == 0
     first, p1, second, p2, echoed = capsys.readouterr().out.strip().split("\t")
     assert first != second and float(p1) >= float(p2) and echoed == texts[0]
@@ -140,16 +161,16 @@ def test_gradient_accumulation_matches_one_large_batch(data_env):
     c = tiny("pretrain", data_env, **{"model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
                                       "data.batch_size": 32, "mesh.data": 1, "task.short_seq_prob": 0.9,
                                       "task.max_predictions_per_seq": 8})
-    run = train.Run.create(c, pathlib.Path(data_env / "acc"))
-    examples = run.task.examples(c, run.tokenizer, "train")
+    tokenizer = experiment.resolve_tokenizer(c, pathlib.Path(data_env / "acc"))
+    run = experiment.Experiment.from_config(c, tokenizer.vocab_size)
+    examples = run.task.examples(tokenizer, "train")
     counts = examples.batch(np.arange(128), 0, 32)["masked_weights"].sum(1)
     batch = examples.batch(np.argsort(counts, kind="stable")[::4], 0, 32)  # 32 rows, fewest masked tokens first
     per_micro = batch["masked_weights"].reshape(8, 4, -1).sum((0, 2))  # strided micro-batches
     assert len(set(per_micro.tolist())) > 1  # unequal masked-token counts
     c.optim.num_steps = 10
     tx, _ = optim.make_optimizer(c.optim)
-    init = functools.partial(train.train_state.create, run.model, tx, max_seq_length=32)
-    state, _ = sharding.init_sharded(init, run.mesh, jax.random.key(0))
+    state, _ = train_state.init(run.model, tx, run.mesh, jax.random.key(0), max_seq_length=32)
     outs = []
     for accumulate in (1, 4):
         step = jax.jit(functools.partial(steps.train_step, model=run.model, tx=tx, loss=run.task.loss,
@@ -168,10 +189,10 @@ def test_splash_attention_lengths_are_checked_before_the_run(data_env, tmp_path)
     fields = {"model.attention": "splash", "model.attention_dropout": 0.0, "data.max_seq_length": 128}
     with pytest.raises(ValueError, match=r"model.attention='splash' needs sequence lengths that are multiples of "
                                          r"128, got 64 \(config.data.buckets=\(64, 128\)\)"):
-        train.Run.create(tiny("scratch", data_env, **fields, **{"data.buckets": (64, 128)}), tmp_path / "a")
+        experiment.Experiment.from_config(tiny("scratch", data_env, **fields, **{"data.buckets": (64, 128)}), 512)
     with pytest.raises(ValueError, match=r"multiples of 128, got 96 \(config.data.max_seq_length\)"):
-        train.Run.create(tiny("scratch", data_env, **{**fields, "data.max_seq_length": 96, "data.buckets": ()}),
-                         tmp_path / "b")
+        experiment.Experiment.from_config(
+            tiny("scratch", data_env, **{**fields, "data.max_seq_length": 96, "data.buckets": ()}), 512)
 
 
 def test_misspelt_config_field_names_the_nearest(capsys):

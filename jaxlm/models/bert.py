@@ -24,6 +24,7 @@ from jaxlm.models.transformer import (
     ACTIVATIONS,
     BATCH,
     EMBED,
+    EXECUTION_FIELDS,
     LENGTH,
     VOCAB,
     Encoder,
@@ -61,11 +62,11 @@ def preset(name: str, **overrides) -> TransformerConfig:
     """The config of a preset by name, with field overrides (e.g. vocab_size=8000, dtype=jnp.bfloat16)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)} - {"run"} | EXECUTION_FIELDS
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown model config fields {unknown}; valid fields: {sorted(fields)}")
-    return TransformerConfig(**{**PRESETS[name], **overrides})
+    return TransformerConfig.of(**{**PRESETS[name], **overrides})
 
 
 class Embeddings(nn.Module):
@@ -217,13 +218,3 @@ class BertForSequenceClassification(nn.Module):
         )(pooled).astype(jnp.float32)  # (batch, num_labels)
         return out
 
-
-def for_task(config: TransformerConfig, task: str, num_labels: int | None = None) -> nn.Module:
-    """The model of a task: 'pretrain' (MLM + NSP heads) or 'classify' (num_labels outputs; 1 = regression)."""
-    if task == "pretrain":
-        return BertForPreTraining(config)
-    if task == "classify":
-        if not num_labels or num_labels < 1:
-            raise ValueError(f"task 'classify' needs num_labels >= 1, got {num_labels}")
-        return BertForSequenceClassification(config, num_labels)
-    raise ValueError(f"unknown task {task!r}; expected 'pretrain' or 'classify'")

@@ -44,8 +44,42 @@ BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB = (
 
 
 @dataclasses.dataclass(frozen=True)
+class Execution:
+    """How a model runs, not what it is: a checkpoint holds none of this, so a trained model runs as the machine
+    that loads it prefers. (A run's compute dtype is still part of its identity: bitwise resume is promised for the
+    same dtype.)"""
+
+    dtype: Any = jnp.float32  # compute dtype; LayerNorm, softmax and losses stay float32
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
+    scan_layers: bool = False  # the layers' parameters stacked and the stack a lax.scan (restore converts layouts)
+    # 'explicit': softmax(QK^T / sqrt(d_k)) V written out, with attention dropout. 'fused':
+    # jax.nn.dot_product_attention (cuDNN on GPU for bf16/fp16, XLA elsewhere). 'splash': the Pallas
+    # splash-attention kernel (TPU; Pallas interpret mode on other platforms, for tests), for sequence
+    # lengths that are multiples of 128. 'fused' and 'splash' have no attention dropout. 'auto': 'explicit'
+    # where attention dropout is active, else 'splash' on TPU when the length allows it, else 'fused'.
+    attention: Literal["auto", "explicit", "fused", "splash"] = "auto"
+
+    def __post_init__(self):
+        if self.attention not in ("auto", "explicit", "fused", "splash"):
+            raise ValueError(f"model.attention={self.attention!r}: expected 'auto', 'explicit', 'fused' or 'splash'")
+        if self.attention in ("fused", "splash") and self.attention_dropout > 0:
+            raise ValueError(
+                f"model.attention={self.attention!r} computes no attention dropout, but model.attention_dropout="
+                f"{self.attention_dropout}: set it to 0, or use model.attention='auto' (the explicit path where "
+                "dropout is active)"
+            )
+
+
+EXECUTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Execution))
+
+
+@dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """Hyperparameters of a BERT-style encoder. Variants come from `dataclasses.replace`."""
+    """A BERT-style encoder: its architecture (what a checkpoint is), and `run`, how it runs (`Execution`).
+
+    `of(**fields)` and `replace(**fields)` take the fields of both; the modules read the run's as attributes."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -56,20 +90,10 @@ class TransformerConfig:
     type_vocab_size: int = 2
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
     initializer_range: float = 0.02
     pre_layer_norm: bool = False  # False: post-LN as in BERT; True: pre-LN with a final LayerNorm.
-    dtype: Any = jnp.float32  # compute dtype; LayerNorm, softmax and losses stay float32
     param_dtype: Any = jnp.float32
-    remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
-    scan_layers: bool = False
-    # 'explicit': softmax(QK^T / sqrt(d_k)) V written out, with attention dropout. 'fused':
-    # jax.nn.dot_product_attention (cuDNN on GPU for bf16/fp16, XLA elsewhere). 'splash': the Pallas
-    # splash-attention kernel (TPU; Pallas interpret mode on other platforms, for tests), for sequence
-    # lengths that are multiples of 128. 'fused' and 'splash' have no attention dropout. 'auto': 'explicit'
-    # where attention dropout is active, else 'splash' on TPU when the length allows it, else 'fused'.
-    attention: Literal["auto", "explicit", "fused", "splash"] = "auto"
+    run: Execution = Execution()
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -78,14 +102,36 @@ class TransformerConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"model.hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
-        if self.attention not in ("auto", "explicit", "fused", "splash"):
-            raise ValueError(f"model.attention={self.attention!r}: expected 'auto', 'explicit', 'fused' or 'splash'")
-        if self.attention in ("fused", "splash") and self.attention_dropout > 0:
-            raise ValueError(
-                f"model.attention={self.attention!r} computes no attention dropout, but model.attention_dropout="
-                f"{self.attention_dropout}: set it to 0, or use model.attention='auto' (the explicit path where "
-                "dropout is active)"
-            )
+
+    @classmethod
+    def of(cls, **fields) -> "TransformerConfig":
+        """A config from architecture and `Execution` fields, side by side."""
+        run = {k: fields.pop(k) for k in list(fields) if k in EXECUTION_FIELDS}
+        return cls(**fields, run=Execution(**run))
+
+    def replace(self, **fields) -> "TransformerConfig":
+        run = {k: fields.pop(k) for k in list(fields) if k in EXECUTION_FIELDS}
+        return dataclasses.replace(self, **fields, run=dataclasses.replace(self.run, **run))
+
+    def architecture(self) -> dict:
+        """The architecture as JSON (dtypes by name): model.json, and a checkpoint's identity."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
+        out["param_dtype"] = jnp.dtype(out["param_dtype"]).name
+        return out
+
+    @classmethod
+    def from_architecture(cls, saved: dict, run: Execution) -> "TransformerConfig":
+        """The inverse of `architecture()`; fields of how it ran that older model.json files hold are dropped."""
+        arch = {k: v for k, v in saved.items() if k not in EXECUTION_FIELDS}
+        arch["param_dtype"] = jnp.dtype(arch.get("param_dtype", "float32"))
+        return cls(**arch, run=run)
+
+    dtype = property(lambda self: self.run.dtype)
+    hidden_dropout = property(lambda self: self.run.hidden_dropout)
+    attention_dropout = property(lambda self: self.run.attention_dropout)
+    remat = property(lambda self: self.run.remat)
+    scan_layers = property(lambda self: self.run.scan_layers)
+    attention = property(lambda self: self.run.attention)
 
     @property
     def head_dim(self) -> int:

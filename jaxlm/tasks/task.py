@@ -1,0 +1,75 @@
+"""The contract between the one trainer and a task.
+
+A task is bound to the run's config when it is made (`jaxlm.tasks.create(config)`) and answers:
+
+    model(model_config, label_names)   the Flax module it trains: the model family and its head
+    pretrained_parts                   which top-level parameters of model.init_from it takes (the rest start fresh)
+    label_names(read_data)             the names of its outputs (classes), from the data; None if it has none
+    examples(tokenizer, split)         the examples of a split: len(), batch(indices, epoch, length) -> arrays
+    batch_spec(batch_size)             {key: (shape, dtype)} of a batch, without reading data (to compile ahead)
+    loss(outputs, batch)               (loss sums, denominators, metric sums) of one batch: pure, traced under jit
+    summarize(sums)                    metric sums over steps, devices and hosts -> named metrics
+    baseline(train, test)              a trivial predictor's metrics on `test`, to print beside the model's
+    flops_per_example(model_config, L) model FLOPs of one training example at length L (for MFU)
+    predict(outputs)                   what prediction returns per example, from the model's outputs
+    train_step(model, tx, mesh, shardings, accumulate)
+                                       the jitted step (state, batch, rng) -> (state, metric sums)
+
+What the tasks to come take from it, without a change to the trainer: a task of another model family (a decoder)
+builds it in `model`; a task whose batches hold prompts only says so in `examples` and `batch_spec`; a task with
+frozen auxiliary parameters (a reference or a reward model) loads them when it is made and binds them into its
+own `train_step` (on-policy RL generates inside its iteration the same way); the default step is `jaxlm.steps`'.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from jaxlm import monitor, steps
+
+
+class Task:
+    """Base of every task: the defaults of the contract above; `name`, `model`, `examples`, `batch_spec`, `loss`
+    and `summarize` have none."""
+
+    name: ClassVar[str]
+    command: ClassVar[str] = "finetune"  # the `jaxlm` command that trains it (`jaxlm train` trains any task)
+    pretrained_parts: ClassVar[tuple[str, ...]] = ("bert",)
+
+    def __init__(self, config):
+        self.config = config
+
+    def model(self, model_config, label_names: list[str] | None):
+        raise NotImplementedError
+
+    def label_names(self, read_data: bool = True) -> list[str] | None:
+        return None
+
+    def examples(self, tokenizer, split: str):
+        raise NotImplementedError
+
+    def batch_spec(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        raise NotImplementedError
+
+    def loss(self, outputs: dict, batch: dict) -> tuple[dict, dict, dict]:
+        raise NotImplementedError
+
+    def summarize(self, sums: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+    def baseline(self, train_examples, examples) -> dict[str, float]:
+        return {}
+
+    def predictions_per_example(self) -> int | None:
+        """Positions the output head projects per example (None: every position)."""
+        return None
+
+    def flops_per_example(self, model_config, length: int) -> float:
+        return monitor.train_flops_per_example(model_config, length, self.predictions_per_example())
+
+    def predict(self, outputs: dict) -> Any:
+        raise ValueError(f"task {self.name!r} makes no predictions (predict needs a fine-tuned classifier)")
+
+    def train_step(self, model, tx, mesh, shardings, accumulate: int):
+        return steps.jit_train_step(model, self.loss, tx, mesh, shardings, accumulate)
+
