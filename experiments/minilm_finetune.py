@@ -25,8 +25,8 @@ an idle machine):
   0.644 (macro-F1 0.588, MCC 0.617) against 0.110 for the majority class; validation accuracy 0.674.
 - `wordnet_lexname` (45 lexicographer categories, 1,500 steps = half an epoch of the 94k glosses): not measured yet
   (about two hours on 2 CPU cores; the command is above)
-- tests/test_experiments.py fine-tunes this config for 40 steps of 16 glosses (length 32) on 4 WordNet noun
-  categories: test accuracy 0.94 against 0.34 for the majority class, in about 90 s.
+- tests/test_experiments.py (`-m slow`) fine-tunes this config for 40 steps of 16 glosses (length 32) on 4 WordNet
+  noun categories: test accuracy 0.94 against 0.34 for the majority class, in about 90 s.
 """
 
 from jaxlm import config as jaxlm_config

@@ -60,7 +60,11 @@ class _Window:
     """Metric sums and throughput since the last log line (time spent evaluating is not counted)."""
 
     def __init__(self, peak_flops: float):
-        self.peak, self.sums, self.steps, self.flops, self.start = peak_flops, None, 0, 0.0, time.perf_counter()
+        self.peak = peak_flops
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums, self.steps, self.flops, self.start = None, 0, 0.0, time.perf_counter()
 
     def add(self, metrics: dict, flops: float) -> None:
         self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
@@ -77,9 +81,8 @@ class _Window:
         summary.update(grad_norm=float(host["grad_norm"]) / self.steps, tokens_per_s=float(host["tokens"]) / elapsed,
                        steps_per_s=self.steps / elapsed, step_time_s=elapsed / self.steps,
                        tokens=float(host["tokens"]), mfu=self.flops / elapsed / self.peak, **extra)
-        nonfinite = bool(host["nonfinite"])
-        self.__init__(self.peak)
-        return summary, nonfinite
+        self._reset()
+        return summary, bool(host["nonfinite"])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:

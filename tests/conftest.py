@@ -1,6 +1,7 @@
 """Test setup shared by every test: 8 fake CPU devices, set once before jax is imported; the `data_env` fixture."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -8,6 +9,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, its subprocesses included: the many tiny runs (relaunches,
+# trials, hosts) compile the same programs; a cached executable is the one XLA would compile again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxlm-test-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 

@@ -1,7 +1,7 @@
 """`jaxlm compile`: the trainer's own step compiled ahead of time for TPU topologies with libtpu, no TPU.
 
 libtpu comes with the test extra (`jax[tpu]`); a compile is slow on 2 CPU cores (minutes for
-bert-base), so CI compiles two small programs and one bert-base; the matrix is `-m slow`.
+bert-base), so CI compiles small programs and a 2-layer bert-large width; bert-base and the matrix are `-m slow`.
 """
 
 import pathlib
@@ -115,15 +115,17 @@ def test_fsdp_fits_where_data_parallelism_does_not():
         aot.report(_bert_large_width(VOCAB, fsdp=False, batch=16), "v5e-16", search=False)
     r = aot.report(_bert_large_width(VOCAB, fsdp=True, batch=16), "v5e-16", search=False)
     assert r["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1} and r["hbm_fraction"] < 0.95
+    assert "mesh {'data': 1, 'fsdp': 16, 'tensor': 1}; global batch 16 x 128 tokens" in aot.format_report(r)
     assert r["flops_per_step"] == pytest.approx(r["model_flops_per_step"], rel=0.15)  # XLA counts what MFU counts
     params = VOCAB * 1024 + 2 * 12.6e6 + 2.6e6  # embeddings (the MLM decoder is tied), 2 layers, heads
     # Each chip holds 1/16 of the float32 parameters and moments (a few replicated vectors, tile padding).
     assert r["memory_gib_per_device"]["arguments"] * GIB == pytest.approx(3 * 4 * params / 16, rel=0.05)
 
 
+@pytest.mark.slow
 def test_bert_base_compiles_for_v5e_4(capsys, tmp_path):
     """The CLI end to end: bert-base pretraining (BERT's batch 256 x 128, float32, scanned layers) on 4 chips
-    (16 take twice as long to compile here)."""
+    (16 take twice as long to compile here; this one about 2.5 minutes: -m slow)."""
     config = tmp_path / "bert_base.py"
     config.write_text("from jaxlm import config\n\ndef get_config():\n    c = config.base()\n"
                       "    c.model.scan_layers = True\n    return c\n")

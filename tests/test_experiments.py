@@ -188,6 +188,7 @@ def test_fetch_minilm_reuses_a_copy_and_refuses_a_foreign_directory(tmp_path, ca
     assert "exists, is not empty and holds no config.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a learning-quality check (80 s here); experiments/minilm_finetune.py states the result
 def test_minilm_finetuned_beats_the_majority_class(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXLM_DATA_DIR", str(tmp_path / "tfds"))
     task = _wordnet_nouns(tmp_path / "nouns", {"train": 640, "test": 400})

@@ -114,11 +114,11 @@ def test_two_processes_match_one_agree_on_a_preemption_and_resume(data_env, tmp_
 
 def test_a_checkpoint_one_host_cannot_read_is_passed_over_by_both(data_env, tmp_path):
     """Process 1 alone fails to read the newest checkpoint (an injected I/O error): both processes restore the
-    one before it, set the newest aside together, and train on to the end."""
+    one before it, set the newest aside together, and train on to the end. (The checkpoints are written by this
+    process on its 8 devices: the same mesh, data=8, as the two processes' 4 + 4.)"""
     config = tiny("pretrain", data_env, **{**FIELDS, "train.num_steps": 6, "train.checkpoint_every": 3})
     workdir = tmp_path / "run"
-    workdir.parent.mkdir(exist_ok=True)
-    _finish(workdir, _start(workdir, config))
+    train.train_and_evaluate(config, workdir)
     assert checkpoint.Checkpoints(workdir, keep=3, identity={}).latest_step() == 6
     final, outputs = _finish(workdir, _start(workdir, config, "--config.train.num_steps=9",
                                              env1={"JAXLM_FAULT": "read:6"}), timeout=300)
