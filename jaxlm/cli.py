@@ -136,8 +136,6 @@ def _predict(args, overrides: list[str]) -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ValueError("predict: give texts as arguments, with --file, or on stdin")
-    if args.top < 1:
-        raise ValueError(f"--top {args.top}: expected a number of labels >= 1")
     for text, ranked in zip(texts, inference.load(args.workdir, *overrides).predict(texts, top=args.top)):
         print("\t".join(f"{label}\t{prob:.4f}" for label, prob in ranked) + f"\t{text}")
     return 0
