@@ -231,8 +231,8 @@ class Experiment:
         """The parameters as ShapeDtypeStructs sharded on this mesh: the target of a restore for inference."""
         return train_state.abstract(self.model, optax.identity(), self.mesh, jax.random.key(0), max_seq_length=8).params
 
-    def abstract_state(self, tx, key=None) -> train_state.TrainState:
-        key = jax.eval_shape(lambda: jax.random.key(0)) if key is None else key
+    def abstract_state(self, tx, key) -> train_state.TrainState:
+        """The train state as ShapeDtypeStructs sharded on this mesh (`key` may be abstract): what to compile for."""
         return train_state.abstract(self.model, tx, self.mesh, key, max_seq_length=self.config.data.max_seq_length)
 
     # ------------------------------------------------------------------ evaluation

@@ -10,6 +10,7 @@ software).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pathlib
@@ -134,6 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     step_fn = exp.task.train_step(exp.model, tx, exp.mesh, shardings, config.optim.accumulate)
     eval_fn = exp.eval_fn(shardings.params)
     window = _Window(monitor.peak_flops_per_device() * jax.device_count())
+    # Model FLOPs of a batch at its length (buckets make fine-tuning batches shorter than the maximum).
+    batch_flops = functools.cache(lambda length: exp.task.flops_per_example(exp.model_config, length) * d.batch_size)
     mon = monitor.Monitor(workdir, total_steps=num_steps, start_step=start, config=config,
                           enabled=jax.process_index() == 0)
     preemption = _Preemption()
@@ -153,8 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
                     mon.message(f"profiler trace of steps {t.profile_start}-{step} in {workdir / 'profile'}")
-                window.add(metrics, exp.task.flops_per_example(exp.model_config, batch["input_ids"].shape[1])
-                           * d.batch_size)
+                window.add(metrics, batch_flops(batch["input_ids"].shape[1]))
                 stop, evaluated = None, None
                 if due(step, t.log_every):
                     final["train"], nonfinite = window.close(exp.task.summarize, {

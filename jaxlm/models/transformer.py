@@ -75,6 +75,12 @@ class Execution:
 EXECUTION_FIELDS = frozenset(f.name for f in dataclasses.fields(Execution))
 
 
+def _split(fields: dict) -> tuple[dict, dict]:
+    """(architecture fields, `Execution` fields)."""
+    return ({k: v for k, v in fields.items() if k not in EXECUTION_FIELDS},
+            {k: v for k, v in fields.items() if k in EXECUTION_FIELDS})
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """A BERT-style encoder: its architecture (what a checkpoint is), and `run`, how it runs (`Execution`).
@@ -106,12 +112,12 @@ class TransformerConfig:
     @classmethod
     def of(cls, **fields) -> "TransformerConfig":
         """A config from architecture and `Execution` fields, side by side."""
-        run = {k: fields.pop(k) for k in list(fields) if k in EXECUTION_FIELDS}
-        return cls(**fields, run=Execution(**run))
+        arch, run = _split(fields)
+        return cls(**arch, run=Execution(**run))
 
     def replace(self, **fields) -> "TransformerConfig":
-        run = {k: fields.pop(k) for k in list(fields) if k in EXECUTION_FIELDS}
-        return dataclasses.replace(self, **fields, run=dataclasses.replace(self.run, **run))
+        arch, run = _split(fields)
+        return dataclasses.replace(self, **arch, run=dataclasses.replace(self.run, **run))
 
     def architecture(self) -> dict:
         """The architecture as JSON (dtypes by name): model.json, and a checkpoint's identity."""
