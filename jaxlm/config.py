@@ -109,7 +109,7 @@ def base() -> ml_collections.ConfigDict:
         dataset="embedded_corpus",  # a tfds name or a jaxlm builder (local_text, local_classification, ...)
         path="",  # the file, folder or glob of the local builders
         data_dir="",  # tfds data_dir; '' = $JAXLM_DATA_DIR or ~/.cache/jaxlm/tfds
-        text_fields=("text",),  # one field, or two for pairs
+        text_fields=("text",),  # one field, or two for pairs; reward: ('chosen',) or ('prompt', 'chosen')
         label_field="label",
         train_split="train",
         eval_split="validation",  # '' = no periodic evaluation
@@ -119,12 +119,12 @@ def base() -> ml_collections.ConfigDict:
         vocab_size=30522,  # of a tokenizer jaxlm trains
         tokenizer_model_type="unigram",  # or 'bpe'
         tokenizer_max_sentences=1_000_000,
-        batch_size=256,  # global, over all hosts and devices
+        batch_size=256,  # global, over all hosts and devices (reward: pairs)
         eval_batch_size=256,
         buckets=(),  # classification: pad each batch to the smallest of these lengths that fits
     )
     c.task = dict(
-        name="pretrain",  # 'pretrain' (MLM + NSP) or 'classify'
+        name="pretrain",  # 'pretrain' (MLM + NSP), 'classify' or 'reward' (preference pairs)
         mlm_probability=0.15,
         max_predictions_per_seq=20,
         short_seq_prob=0.1,
@@ -132,6 +132,9 @@ def base() -> ml_collections.ConfigDict:
         packed=False,  # MLM only, documents packed into full sequences (no NSP)
         split_sentences=True,
         num_labels=0,  # classify: 0 = from the dataset's label names; 1 = regression
+        label_smoothing=0.0,  # reward: eps of -(1-eps) log sigmoid(d) - eps log sigmoid(-d)
+        center_rewards_coefficient=0.0,  # reward: TRL's centring, coefficient * mean((r_chosen + r_rejected)^2)
+        margin_scale=0.0,  # reward: d = r_chosen - r_rejected - margin_scale * the pair's margin (0: none)
     )
     c.optim = dict(
         name="adamw",  # or 'lamb'

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxlm import checkpoint, distributed, faults, hf, optim, sharding, tasks, train_state
+from jaxlm import checkpoint, distributed, faults, hf, metric_sums, optim, sharding, tasks, train_state
 from jaxlm import config as jaxlm_config
 from jaxlm.data import pipeline
 from jaxlm.models import bert
@@ -249,7 +249,7 @@ class Experiment:
             for batch in pipeline.eval_batches(examples, batch_size, process_index=index, process_count=count):
                 sums = eval_fn(params, sharding.global_batch(batch, self.mesh))
                 faults.hit("eval")
-                totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+                totals = sums if totals is None else metric_sums.merge(totals, sums)
         return self.task.summarize(jax.device_get(totals))
 
 

@@ -286,7 +286,8 @@ def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
     """A Hugging Face BERT directory -> a jaxlm workdir (config.json, model.json, labels.json, tokenizer,
     checkpoints/0) that evaluate, predict, convert --to-hf and model.init_from='jaxlm:OUT' take. Its task comes
     from config.json's `architectures` (a *ForSequenceClassification is 'classify', with `id2label`'s names;
-    a regression when it has one label), else 'pretrain'. Returns the task's name.
+    a regression when it has one label, 'reward' when that label is named 'reward'), else 'pretrain'. Returns the
+    task's name.
 
     The workdir has no data: `jaxlm evaluate` is told it with --config.data.* (dataset, text_fields, ...)."""
     from jaxlm import checkpoint, experiment, tasks
@@ -311,9 +312,12 @@ def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
         regression = count == 1 or hf_config.get("problem_type") == "regression"
         labels = ["value"] if regression else names
         c.task.name, c.task.num_labels = "classify", len(labels)
+        if names == ["reward"]:  # what `convert --to-hf` writes for a jaxlm reward model
+            labels, c.task.name, c.task.num_labels = names, "reward", 0
     else:
         c.task.name = "pretrain"
-    model_config, params = from_pretrained(directory, c.task.name, num_labels=len(labels) if labels else None)
+    model_config, params = from_pretrained(directory, "classify" if classifier else "pretrain",
+                                           num_labels=len(labels) if labels else None)
     c.data.max_seq_length = min(c.data.max_seq_length, model_config.max_position_embeddings)
     exp = experiment.Experiment(c, tasks.create(c), model_config, labels, mesh=None)
     tokenizer = load_tokenizer(directory)  # before anything is written: a directory without one is refused

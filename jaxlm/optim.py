@@ -24,6 +24,8 @@ import numpy as np
 import optax
 from flax.core import meta
 
+from jaxlm import metric_sums
+
 # Parameter leaves never decayed (flax Dense/LayerNorm `bias`, LayerNorm `scale`), and the module
 # name marking a normalisation layer whatever its leaves are called (LayerNorm_0, norm, layer_norm).
 NO_DECAY_LEAVES = ("bias", "scale")
@@ -124,7 +126,7 @@ def accumulate_gradients(
     loss_fn(params, micro_batch, rng) -> (loss_sums, denominators, aux): `loss_sums` a scalar or a
     pytree of scalar parts (e.g. {'mlm': ..., 'nsp': ...}), each a sum over the micro-batch;
     `denominators` the same structure (masked tokens, examples), depending on the batch only;
-    `aux` a pytree of sums (metrics). `micro_batches` has a leading micro-batch axis; micro-batch i
+    `aux` a dict of metric sums (`jaxlm.metric_sums`). `micro_batches` has a leading micro-batch axis; micro-batch i
     gets rng `fold_in(rng, i)`.
 
     The objective is sum_p L_p / D_p, where L_p and D_p sum part p over all micro-batches: so the
@@ -147,11 +149,13 @@ def accumulate_gradients(
 
     def step(carry, xs):
         (_, (loss_sums, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params, *xs)
-        return jax.tree.map(jnp.add, carry, (grads, loss_sums, aux)), None
+        sums = jax.tree.map(jnp.add, carry[:2], (grads, loss_sums))
+        return (*sums, metric_sums.merge(carry[2], aux)), None
 
     # Pass 2: forward and backward per micro-batch, summing gradients, loss sums and aux.
     first = jax.tree.map(lambda x: x[0], (micro_batches, rngs))
     _, sums_and_aux = jax.eval_shape(objective, params, *first)
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (params, *sums_and_aux))
+    init = (*jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (params, sums_and_aux[0])),
+            metric_sums.empty(sums_and_aux[1]))
     (grads, loss_sums, aux), _ = jax.lax.scan(step, init, (micro_batches, rngs))
     return grads, loss_sums, totals, aux

@@ -19,10 +19,9 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from jaxlm import checkpoint, faults, monitor, sharding
+from jaxlm import checkpoint, faults, metric_sums, monitor, sharding
 from jaxlm.data import pipeline
 from jaxlm.experiment import Experiment, resolve_tokenizer
 from jaxlm.models.transformer import attention_path
@@ -68,7 +67,7 @@ class _Window:
         self.sums, self.steps, self.flops, self.start = None, 0, 0.0, time.perf_counter()
 
     def add(self, metrics: dict, flops: float) -> None:
-        self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
+        self.sums = metrics if self.sums is None else metric_sums.merge(self.sums, metrics)
         self.steps, self.flops = self.steps + 1, self.flops + flops
 
     def exclude(self, seconds: float) -> None:
@@ -191,9 +190,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             preemption.close()
             mon.close()
     final["step"] = step
+    if eval_examples is not None and final.get("eval") and step == num_steps:  # a trivial predictor beside it
+        final["eval"].update(exp.task.baseline(train_examples, eval_examples))
     if test_examples is not None and step == num_steps:  # the final parameters on the test split, and the baseline
         final["test"] = {**exp.evaluate(eval_fn, state.params, test_examples, d.eval_batch_size),
                          **exp.task.baseline(train_examples, test_examples)}
+    if step == num_steps and not finished:  # what the task keeps beside the model (a reward's normalisation)
+        files = exp.task.model_files(lambda ex: exp.evaluate(eval_fn, state.params, ex, d.eval_batch_size),
+                                     train_examples)
+        for name, content in files.items() if jax.process_index() == 0 else ():
+            (workdir / name).write_text(json.dumps(content, indent=2) + "\n")
     if jax.process_index() == 0:
         results.write_text(json.dumps(final, indent=2) + "\n")
     return final

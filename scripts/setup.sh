@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything jaxlm needs on a fresh Debian/Ubuntu machine with Python >= 3.11:
-# the Debian packages of the embedded corpus, a virtual environment in .venv, jaxlm with its test extra.
+# the Debian packages of the embedded corpus, a virtual environment in .venv, jaxlm with its test extra, the human
+# sentiment ratings (`jaxlm fetch-ratings`).
 # Idempotent: a second run only checks. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +30,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   touch "$stamp"
 fi
+# The human sentiment ratings (23,700 snippets, ~20 raters each) from the vaderSentiment 3.3.2 sdist, once.
+[ -d "${JAXLM_RATINGS_DIR:-$HOME/.cache/jaxlm/vader-sentiment-3.3.2}/hutto_ICWSM_2014" ] || {
+  echo "[setup] fetching the human sentiment ratings (jaxlm fetch-ratings)"
+  .venv/bin/jaxlm fetch-ratings >/dev/null
+}

@@ -15,6 +15,8 @@ def tiny(variant: str, data_env, **fields):
         "data.eval_batch_size": 32, "data.tokenizer": str(data_env / "tok"),
         "data.eval_split": "validation[:48]", "task.max_predictions_per_seq": 5, "optim.warmup_steps": 2,
         "train.log_every": 5, "train.eval_every": 10, "train.checkpoint_every": 10, "mesh.data": -1,
+        # MLM + NSP with dropout, as google-research/bert (the demo's pretraining is packed MLM without dropout)
+        "task.packed": False, "model.hidden_dropout": 0.1, "model.attention_dropout": 0.1,
     }
     if variant != "pretrain":
         overrides.update({"data.buckets": (16,), "data.test_split": "test[:64]"})

@@ -22,7 +22,7 @@ class ClassificationExamples:
     """Random access to classification examples; they are the same every epoch."""
 
     def __init__(self, arrays: dict[str, np.ndarray], max_seq_length: int, buckets: Sequence[int], ids: SpecialIds):
-        self.arrays, self.max_seq_length, self.ids = arrays, max_seq_length, ids
+        self.arrays, self.max_seq_length, self.ids, self.buckets = arrays, max_seq_length, ids, tuple(buckets)
         self.num_truncated = int(arrays["truncated"].sum())  # texts cut to fit max_seq_length
         if buckets:
             bounds = np.array(sorted({b for b in buckets if b < max_seq_length} | {max_seq_length}))
@@ -38,6 +38,11 @@ class ClassificationExamples:
 
     def __len__(self) -> int:
         return len(self.arrays["label"])
+
+    def head(self, count: int) -> "ClassificationExamples":
+        """The first `count` examples."""
+        arrays = {k: v if k == "token_ids" else v[:count] for k, v in self.arrays.items()}
+        return ClassificationExamples(arrays, self.max_seq_length, self.buckets, self.ids)
 
     def batch(self, indices: np.ndarray, epoch: int, length: int) -> dict[str, np.ndarray]:
         """The examples `indices` (batch,) padded to `length`; index -1 gives a blank row of example_weight 0.

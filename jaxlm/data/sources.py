@@ -4,13 +4,14 @@
 (about 10x faster than one record at a time), each record a dict of numpy values (texts as bytes). tfds
 names (`glue/sst2`, `imdb_reviews`, `wikipedia/20230601.en`) go to `tfds.data_source`, which downloads
 and prepares the dataset in the array_record format when it is not in `data_dir` yet (that needs the
-network). jaxlm's builders (`local_text`, `local_classification`, `embedded_corpus`, `wordnet_lexname`,
-`fortunes_topic`) are prepared on first use from local files, then reused while those files are unchanged.
+network). jaxlm's builders (`local_text`, `local_classification`, `local_preferences`, `embedded_corpus`,
+`wordnet_lexname`, `fortunes_topic`, `sentiment_ratings/<domain>_<kind>`) are prepared on first use from local files, then reused while those files are unchanged.
 `data_dir` defaults to `$JAXLM_DATA_DIR`, else `~/.cache/jaxlm/tfds`.
 """
 
 import fcntl
 import importlib
+import inspect
 import os
 import pathlib
 from collections.abc import Sequence
@@ -44,11 +45,17 @@ def _unknown(name: str) -> ValueError:
 def prepare(
     name: str, *, data_dir: str | os.PathLike | None = None, path: str | os.PathLike | None = None, **builder_kwargs
 ) -> tfds.core.DatasetBuilder:
-    """jaxlm's builder `name` for `path` and `builder_kwargs`, prepared in `data_dir` (once)."""
-    if name not in BUILDERS:
+    """jaxlm's builder `name` ('NAME' or 'NAME/CONFIG') for `path` and `builder_kwargs`, prepared in `data_dir`
+    (once)."""
+    base, slash, variant = name.partition("/")
+    if base not in BUILDERS:
         raise _unknown(name)
     data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
-    cls = BUILDERS[name]
+    cls = BUILDERS[base]
+    if slash:
+        if "variant" not in inspect.signature(cls.make_config).parameters:
+            raise ValueError(f"dataset {name!r}: {base} has no named configs; give it as {base!r}")
+        builder_kwargs["variant"] = variant
     config = cls.make_config(path, **builder_kwargs)
     prepared = data_dir / cls.name / config.name / str(cls.VERSION)
     if (prepared / "dataset_info.json").is_file():
@@ -96,13 +103,13 @@ def open_source(
     `path` and `builder_kwargs` configure jaxlm's builders (e.g. `local_classification` with
     `text_field='sentence'`); for a tfds name, `builder_kwargs` go to `tfds.builder` (e.g. `config=...`).
     """
-    if name in BUILDERS:
+    if name.partition("/")[0] in BUILDERS:
         builder = prepare(name, data_dir=data_dir, path=path, **builder_kwargs)
         if builder.info.splits[split].num_examples == 0:
             raise ValueError(f"dataset {name!r}: the split {split!r} has no examples")
         return builder.as_data_source(split=split)
     if path is not None:
-        raise ValueError(f"`path` is for jaxlm's local builders (local_text, local_classification), not {name!r}")
+        raise ValueError(f"`path` is for jaxlm's local builders (local_text, local_classification, local_preferences, sentiment_ratings), not {name!r}")
     return _tfds_source(name, split, pathlib.Path(data_dir or default_data_dir()).expanduser(), builder_kwargs)
 
 

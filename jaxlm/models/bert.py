@@ -141,6 +141,9 @@ class BertModel(nn.Module):
         return out
 
 
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "position_ids", "segment_ids")  # of a batch
+
+
 def _bert_inputs(batch: dict[str, Array]) -> dict[str, Array | None]:
     return dict(
         input_ids=batch["input_ids"],
@@ -218,3 +221,19 @@ class BertForSequenceClassification(nn.Module):
         )(pooled).astype(jnp.float32)  # (batch, num_labels)
         return out
 
+
+
+class BertRewardModel(BertForSequenceClassification):
+    """A scalar reward per text: BertForSequenceClassification with one output (its parameters and Hugging Face
+    layout, as TRL and the OpenAssistant reward models have it). A batch of pairs, inputs (batch, 2, length), is
+    scored in one pass of 2 x batch texts; `reward` is (batch, 2) for pairs, (batch,) for texts."""
+
+    num_labels: int = 1
+
+    def __call__(self, batch: dict[str, Array], *, deterministic: bool = True,
+                 output_hidden_states: bool = False) -> dict[str, Array]:
+        shape = batch["input_ids"].shape  # (batch, length) or (batch, 2, length)
+        inputs = {k: batch[k].reshape(-1, shape[-1]) for k in MODEL_INPUTS if k in batch}
+        out = super().__call__(inputs, deterministic=deterministic, output_hidden_states=output_hidden_states)
+        out["reward"] = out["logits"][:, 0].reshape(shape[:-1])
+        return out

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from jaxlm.tasks.classify import Classify
 from jaxlm.tasks.pretrain import Pretrain
+from jaxlm.tasks.reward import Reward
 from jaxlm.tasks.task import Task
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify, Reward)}
 
 
 def create(config) -> Task:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxlm.models import bert
@@ -82,6 +85,24 @@ class Pretrain(Task):
                 out[f"{part}_accuracy"] = float(sums[f"{part}_correct"]) / count
         out["loss"] = out.get("mlm_loss", 0.0) + out.get("nsp_loss", 0.0)
         return out
+
+    def baseline(self, train_examples, examples) -> dict[str, float]:
+        """MLM accuracy of always predicting the token most often masked in (the first 4,096 examples of) the
+        train split, with the masks evaluation uses (epoch 0): what a model of unigram frequencies reaches."""
+        def masked(source, limit: int):
+            for start in range(0, min(len(source), limit), 512):
+                b = source.batch(np.arange(start, min(start + 512, len(source), limit)), 0, source.max_seq_length)
+                yield b["masked_ids"].ravel(), b["masked_weights"].ravel()
+
+        counts = collections.Counter()
+        for ids, w in masked(train_examples, 4096):
+            counts.update(ids[w > 0].tolist())
+        if not counts:
+            return {}
+        top, hits, total = counts.most_common(1)[0][0], 0.0, 0.0
+        for ids, w in masked(examples, len(examples)):
+            hits, total = hits + float(np.sum((ids == top) * w)), total + float(np.sum(w))
+        return {"unigram_mlm_accuracy": hits / total} if total else {}
 
     def predictions_per_example(self) -> int:
         return self.config.task.max_predictions_per_seq

@@ -14,6 +14,10 @@ A task is bound to the run's config when it is made (`jaxlm.tasks.create(config)
     predict(outputs)                   what prediction returns per example, from the model's outputs
     train_step(model, tx, mesh, shardings, accumulate)
                                        the jitted step (state, batch, rng) -> (state, metric sums)
+    model_files(evaluate, train)       {file name: JSON} saved beside the model when training ends, made with
+                                       evaluate(examples) -> the task's metrics (a reward's normalisation)
+
+Metric sums are `jaxlm.metric_sums`': sums over examples, or extremes named min_* / max_*.
 
 What the tasks to come take from it, without a change to the trainer: a task of another model family (a decoder)
 builds it in `model`; a task whose batches hold prompts only says so in `examples` and `batch_spec`; a task with
@@ -72,4 +76,7 @@ class Task:
 
     def train_step(self, model, tx, mesh, shardings, accumulate: int):
         return steps.jit_train_step(model, self.loss, tx, mesh, shardings, accumulate)
+
+    def model_files(self, evaluate, train_examples) -> dict[str, dict]:
+        return {}
 
