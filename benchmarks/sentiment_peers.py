@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     test = _rows(args.domain, "regression", "test")
     texts, truth = _texts(test), np.array([r["label"] for r in test], np.float64)
-    pairs = [r for r in _rows(args.domain, "preferences", "test") if r["rating_gap"] > GAP]
+    pairs = [r for r in _rows(args.domain, "preferences", "test") if round(float(r["rating_gap"]), 4) > GAP]
     binary = _rows(args.domain, "binary", "test")
     train = _rows(args.domain, "regression", "train")
     labels = np.array([r["label"] for r in binary])

@@ -13,7 +13,7 @@
     metric      what to compare, a dotted path into each trial's results.json (e.g. 'test.accuracy')
     mode        'max' or 'min': which way `metric` is better
 
-Each trial is a `jaxlm pretrain|finetune` subprocess in DIR/<trial>/run, its output in DIR/<trial>/log.txt and
+Each trial is a `jaxlm train` subprocess in DIR/<trial>/run, its output in DIR/<trial>/log.txt and
 its outcome in DIR/<trial>/trial.json. Run again, the sweep skips finished trials and resumes the others from
 their checkpoints (each trial's own workdir); a crashed trial is reported and the others go on. SIGTERM or
 Ctrl-C stops the running trials at their next step with a checkpoint. The results: DIR/results.csv (one row
@@ -41,7 +41,6 @@ from jaxlm import config as jaxlm_config
 
 KEYS = {"variant", "grid", "random", "num_random", "random_seed", "seeds", "metric", "mode"}
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
-COMMANDS = {"pretrain": "pretrain", "classify": "finetune"}
 
 
 def load_spec(path: str) -> dict:
@@ -128,8 +127,8 @@ class Trial:
         self.dir = root / self.name
         self.workdir = self.dir / "run"
         assignments = overrides + [f"{k}={_text(v)}" for k, v in self.fields.items()] + [f"train.seed={self.seed}"]
-        config = jaxlm_config.override(jaxlm_config.load(config_spec), assignments)  # checks every field
-        self.command = [sys.executable, "-m", "jaxlm.cli", COMMANDS[config.task.name], "--config", config_spec,
+        jaxlm_config.override(jaxlm_config.load(config_spec), assignments)  # checks every field
+        self.command = [sys.executable, "-m", "jaxlm.cli", "train", "--config", config_spec,
                         "--workdir", str(self.workdir), *(f"--config.{a}" for a in assignments)]
         self.process: subprocess.Popen | None = None
         self.started = 0.0

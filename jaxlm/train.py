@@ -155,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
                     mon.message(f"profiler trace of steps {t.profile_start}-{step} in {workdir / 'profile'}")
-                window.add(metrics, batch_flops(batch["input_ids"].shape[1]))
+                window.add(metrics, batch_flops(batch["input_ids"].shape[-1]))  # (batch, [2,] length)
                 stop, evaluated = None, None
                 if due(step, t.log_every):
                     final["train"], nonfinite = window.close(exp.task.summarize, {

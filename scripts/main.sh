@@ -4,7 +4,7 @@
 #   2. fine-tune it on wordnet_lexname (gloss -> one of 45 lexicographer categories), and the same model from
 #      random initialisation: what the pretraining is worth,
 #   3. fine-tune it on movie-review sentiment (sentences rated by ~20 people each) and answer the seed's example,
-# printing each beside its trivial baseline. About 10 minutes on 2 CPU cores.
+# printing each beside its trivial baseline. About 12 minutes on 2 CPU cores.
 # Workdirs under workdirs/demo (delete it to start over; a rerun resumes or skips finished runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."

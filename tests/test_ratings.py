@@ -124,6 +124,8 @@ def test_local_preferences_reads_trl_format(data_env, tmp_path):
     ([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"chosen": "c", "rejected": "d"}], "bad.jsonl:2: no field 'prompt'"),
     (["not json"], "bad.jsonl:1: not a JSON object"),
     ([], "bad.jsonl: no preference pairs"),
+    ([{"chosen": "a", "rejected": "b", "margin": 1}, {"chosen": "c", "rejected": "d"}], "bad.jsonl:2: no field 'margin'"),
+    (['{"chosen": "a", "rejected": "b", "margin": NaN}'], "bad.jsonl:1: field 'margin' is nan, expected a finite"),
 ])
 def test_bad_preference_files_name_the_line(rows, message, data_env, tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):

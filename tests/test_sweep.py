@@ -74,7 +74,7 @@ def test_sweep_reports_a_crash_survives_an_interruption_and_continues(data_env, 
     out = first.communicate(timeout=120)[0]
     assert first.returncode == 1, out
     assert [_status(workdir, n) for n in names] == ["done", "done", "interrupted", "crashed"], out
-    assert f"crashed  {names[3]}: exit 2, jaxlm finetune: error: --workdir" in out and "not a directory" in out
+    assert f"crashed  {names[3]}: exit 2, jaxlm train: error: --workdir" in out and "not a directory" in out
     assert "sweep interrupted" in out
 
     # Second pass: done trials are kept, the interrupted one resumes from its checkpoint, the crashed one reruns.

@@ -15,7 +15,8 @@ carries mean human ratings: `pearson` (rewards against the ratings of both sides
 size of the rating gap, accuracy_gap_0_0.5, ..._0.5_1, ..._1_2, ..._above_2 and accuracy_gap_above_0.5.
 
 At the end of training the reward's mean and std over the first NORMALIZATION_PAIRS training pairs are saved
-beside the model, in reward_normalization.json, for whoever normalises the reward (an RL fine-tune).
+beside the model, in reward_normalization.json, for whoever normalises the reward (an RL fine-tune). They are the
+final parameters' (with train.best_metric set, `jaxlm.load` serves the best checkpoint instead).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class Reward(Task):
         both = v[:, None] * jnp.ones_like(r)
         metrics.update(rated=jnp.sum(both), rx=jnp.sum(r * both), ry=jnp.sum(y * both), rxx=jnp.sum(r * r * both),
                        ryy=jnp.sum(y * y * both), rxy=jnp.sum(r * y * both))
-        bucket = jnp.searchsorted(jnp.asarray(GAP_EDGES), jnp.abs(y[:, 0] - y[:, 1]))  # side='left': (.5, 1] is 1
+        gap = jnp.round(jnp.abs(y[:, 0] - y[:, 1]) * 1e4) / 1e4  # a gap of exactly 0.5 in the files is 0.5 here
+        bucket = jnp.searchsorted(jnp.asarray(GAP_EDGES), gap)  # side='left': (.5, 1] is bucket 1
         in_bucket = (bucket[:, None] == jnp.arange(len(GAP_NAMES))[None, :]) * v[:, None]  # (batch, buckets)
         metrics.update(gap_pairs=jnp.sum(in_bucket, 0), gap_correct=jnp.sum(in_bucket * (chosen > rejected)[:, None], 0))
         return losses, counts, metrics
@@ -111,8 +113,9 @@ class Reward(Task):
                "std_reward": float(np.sqrt(max((vc + vr) / 2 + (mc - mean) ** 2, 0.0))),
                "chosen_reward_mean": mc, "chosen_reward_std": float(np.sqrt(max(vc, 0.0))),
                "rejected_reward_mean": mr, "rejected_reward_std": float(np.sqrt(max(vr, 0.0)))}
-        if "center_loss_sum" in s:
+        if "center_loss_sum" in s:  # the objective, as TRL logs it: Bradley-Terry + centring
             out["center_loss"] = float(s["center_loss_sum"]) / float(s["center_count"])
+            out["bt_loss"], out["loss"] = out["loss"], out["loss"] + out["center_loss"]
         m = float(s["rated"])
         if m:
             x, y = float(s["rx"]) / m, float(s["ry"]) / m
@@ -140,4 +143,5 @@ class Reward(Task):
         stats = evaluate(train_examples.head(NORMALIZATION_PAIRS))
         return {"reward_normalization.json": {
             "mean": stats["mean_reward"], "std": stats["std_reward"],
-            "pairs": min(len(train_examples), NORMALIZATION_PAIRS), "split": self.config.data.train_split}}
+            "pairs": min(len(train_examples), NORMALIZATION_PAIRS), "split": self.config.data.train_split,
+            "parameters": "final"}}

@@ -13,6 +13,7 @@ only, an empty file. Examples keep the file's order.
 import dataclasses
 import functools
 import json
+import math
 import os
 import pathlib
 
@@ -50,7 +51,7 @@ def read_pairs(path: pathlib.Path) -> tuple[bool, bool, list[dict]]:
     """(has prompts, has margins, the pairs) of one file, checked."""
     text, _ = local_files.read_text(path)
     pairs, prompted, margins = [], None, None
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
@@ -72,8 +73,12 @@ def read_pairs(path: pathlib.Path) -> tuple[bool, bool, list[dict]]:
         if ("prompt" in record) != prompted:
             raise ValueError(f"{path}:{number}: {'no' if prompted else 'a'} field 'prompt', unlike the first line "
                              "of the file: every line has a prompt, or none")
-        if margins and not isinstance(record.get("margin"), (int, float)):
-            raise ValueError(f"{path}:{number}: field 'margin' is missing or not a number (the first line has one)")
+        if ("margin" in record) != margins:
+            raise ValueError(f"{path}:{number}: {'no' if margins else 'a'} field 'margin', unlike the first line of "
+                             "the file: every line has a margin, or none")
+        margin = record.get("margin", 0.0)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+            raise ValueError(f"{path}:{number}: field 'margin' is {margin!r}, expected a finite number")
         pairs.append(record)
     if not pairs:
         raise ValueError(f"{path}: no preference pairs (the file is empty)")
@@ -89,7 +94,7 @@ class LocalPreferences(tfds.core.GeneratorBasedBuilder):
     @classmethod
     def make_config(cls, path: str | os.PathLike | None = None) -> LocalPreferencesConfig:
         found = split_files(path)
-        label = found["train"].parent.name if pathlib.Path(path).is_dir() else found["train"].stem
+        label = found["train"].parent.name if pathlib.Path(path).expanduser().is_dir() else found["train"].stem
         name = local_files.config_name(label, list(found.values()), splits=sorted(found))
         return LocalPreferencesConfig(name=name, files=tuple((s, str(p)) for s, p in found.items()))
 
