@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _combine(key: str):
@@ -18,6 +19,13 @@ def _combine(key: str):
     if key.startswith("max_"):
         return jnp.maximum
     return jnp.add
+
+
+def pearson(n: float, x: float, y: float, xx: float, yy: float, xy: float) -> float:
+    """Pearson's r from the sums over n pairs of x, y, x^2, y^2 and xy."""
+    mx, my = x / n, y / n
+    vx, vy = xx / n - mx * mx, yy / n - my * my
+    return (xy / n - mx * my) / max(float(np.sqrt(max(vx, 0) * max(vy, 0))), 1e-12)
 
 
 def merge(a, b):

@@ -5,7 +5,8 @@
 names (`glue/sst2`, `imdb_reviews`, `wikipedia/20230601.en`) go to `tfds.data_source`, which downloads
 and prepares the dataset in the array_record format when it is not in `data_dir` yet (that needs the
 network). jaxlm's builders (`local_text`, `local_classification`, `local_preferences`, `embedded_corpus`,
-`wordnet_lexname`, `fortunes_topic`, `sentiment_ratings/<domain>_<kind>`) are prepared on first use from local files, then reused while those files are unchanged.
+`wordnet_lexname`, `fortunes_topic`, `sentiment_ratings/<domain>_<kind>`) are prepared on first use from local
+files, then reused while those files are unchanged.
 `data_dir` defaults to `$JAXLM_DATA_DIR`, else `~/.cache/jaxlm/tfds`.
 """
 
@@ -109,7 +110,8 @@ def open_source(
             raise ValueError(f"dataset {name!r}: the split {split!r} has no examples")
         return builder.as_data_source(split=split)
     if path is not None:
-        raise ValueError(f"`path` is for jaxlm's local builders (local_text, local_classification, local_preferences, sentiment_ratings), not {name!r}")
+        raise ValueError(f"`path` is for jaxlm's builders (local_text, local_classification, local_preferences, "
+                         f"sentiment_ratings), not {name!r}")
     return _tfds_source(name, split, pathlib.Path(data_dir or default_data_dir()).expanduser(), builder_kwargs)
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlm import metric_sums
 from jaxlm.models import bert
 from jaxlm.tasks.task import Task
 
@@ -39,29 +40,25 @@ class Classify(Task):
             return ["value"]
         if c.task.num_labels and not read_data:
             return [f"LABEL_{i}" for i in range(c.task.num_labels)]
-        names = sources.class_names(self._source(c.data.train_split), c.data.label_field)
+        names = sources.class_names(self.source(c.data.train_split), c.data.label_field)
         if c.task.num_labels and c.task.num_labels != len(names):
             raise ValueError(f"config.task.num_labels={c.task.num_labels}, but {c.data.dataset} has "
                              f"{len(names)} classes ({names[:5]}...)")
         return names
 
-    def _source(self, split: str):
-        from jaxlm.data import sources
-
-        d = self.config.data
-        kwargs = {"regression": self.regression} if d.dataset == "local_classification" else {}
-        return sources.open_source(d.dataset, split, data_dir=d.data_dir or None, path=d.path or None, **kwargs)
+    def source(self, split: str):
+        local = self.config.data.dataset == "local_classification"
+        return super().source(split, **({"regression": self.regression} if local else {}))
 
     def examples(self, tokenizer, split: str):
         """The classification examples of `split` of config.data.dataset, bucketed by length if configured."""
-        from jaxlm.data import sources
         from jaxlm.data.classification import classification_examples
 
         d = self.config.data
         out = classification_examples(
-            self._source(split), tokenizer=tokenizer, text_fields=list(d.text_fields), label_field=d.label_field,
+            self.source(split), tokenizer=tokenizer, text_fields=list(d.text_fields), label_field=d.label_field,
             max_seq_length=d.max_seq_length, buckets=tuple(d.buckets), regression=self.regression,
-            cache_dir=str(sources.default_data_dir().parent / "examples"), name=f"{d.dataset}:{d.path}:{split}",
+            **self.cache(split),
         )
         labels = out.arrays["label"]
         unlabelled = int(np.isnan(labels).sum() if self.regression else (labels < 0).sum())
@@ -103,10 +100,8 @@ class Classify(Task):
             return {}
         out = {"loss": float(sums["cls_loss_sum"]) / n}
         if "confusion" not in sums:
-            x, y = float(sums["x"]) / n, float(sums["y"]) / n
-            vx, vy = float(sums["xx"]) / n - x * x, float(sums["yy"]) / n - y * y
             out["mse"] = out["loss"]
-            out["pearson"] = (float(sums["xy"]) / n - x * y) / max(np.sqrt(max(vx, 0) * max(vy, 0)), 1e-12)
+            out["pearson"] = metric_sums.pearson(n, *(float(sums[k]) for k in ("x", "y", "xx", "yy", "xy")))
             return out
         c = np.asarray(sums["confusion"], np.float64)  # (true, predicted)
         tp, support, predicted = np.diag(c), c.sum(1), c.sum(0)

@@ -24,11 +24,10 @@ class Pretrain(Task):
 
     def examples(self, tokenizer, split: str):
         """The pretraining examples of `split` of config.data.dataset (instances cached, masks on the fly)."""
-        from jaxlm.data import sources
         from jaxlm.data.pretraining import PretrainingSpec, pretraining_examples
 
         d, t = self.config.data, self.config.task
-        source = sources.open_source(d.dataset, split, data_dir=d.data_dir or None, path=d.path or None)
+        source = self.source(split)
         spec = PretrainingSpec(
             max_seq_length=d.max_seq_length, mlm_probability=t.mlm_probability,
             max_predictions_per_seq=t.max_predictions_per_seq, short_seq_prob=t.short_seq_prob,
@@ -36,7 +35,7 @@ class Pretrain(Task):
         )
         return pretraining_examples(
             source, text_field=d.text_fields[0], tokenizer=tokenizer, spec=spec, seed=self.config.train.seed,
-            cache_dir=str(sources.default_data_dir().parent / "examples"), name=f"{d.dataset}:{d.path}:{split}",
+            **self.cache(split),
         )
 
     def batch_spec(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], str]]:

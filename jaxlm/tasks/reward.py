@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm import monitor
+from jaxlm import metric_sums, monitor
 from jaxlm.models import bert
 from jaxlm.tasks.task import Task
 
@@ -46,15 +46,13 @@ class Reward(Task):
         return ["reward"]
 
     def examples(self, tokenizer, split: str):
-        from jaxlm.data import sources
         from jaxlm.data.preferences import preference_examples
 
         d = self.config.data
-        source = sources.open_source(d.dataset, split, data_dir=d.data_dir or None, path=d.path or None)
+        source = self.source(split)
         out = preference_examples(
             source, tokenizer=tokenizer, text_fields=d.text_fields, max_seq_length=d.max_seq_length,
-            buckets=tuple(d.buckets), cache_dir=str(sources.default_data_dir().parent / "examples"),
-            name=f"{d.dataset}:{d.path}:{split}")
+            buckets=tuple(d.buckets), **self.cache(split))
         if self.config.task.margin_scale and not out.margin.any():
             raise ValueError(f"config.task.margin_scale={self.config.task.margin_scale}, but {d.dataset} split "
                              f"{split!r} has no `margin` field (or only zeros); set it to 0")
@@ -96,7 +94,8 @@ class Reward(Task):
         gap = jnp.round(jnp.abs(y[:, 0] - y[:, 1]) * 1e4) / 1e4  # a gap of exactly 0.5 in the files is 0.5 here
         bucket = jnp.searchsorted(jnp.asarray(GAP_EDGES), gap)  # side='left': (.5, 1] is bucket 1
         in_bucket = (bucket[:, None] == jnp.arange(len(GAP_NAMES))[None, :]) * v[:, None]  # (batch, buckets)
-        metrics.update(gap_pairs=jnp.sum(in_bucket, 0), gap_correct=jnp.sum(in_bucket * (chosen > rejected)[:, None], 0))
+        metrics.update(gap_pairs=jnp.sum(in_bucket, 0),
+                       gap_correct=jnp.sum(in_bucket * (chosen > rejected)[:, None], 0))
         return losses, counts, metrics
 
     def summarize(self, sums: dict) -> dict[str, float]:
@@ -118,9 +117,7 @@ class Reward(Task):
             out["bt_loss"], out["loss"] = out["loss"], out["loss"] + out["center_loss"]
         m = float(s["rated"])
         if m:
-            x, y = float(s["rx"]) / m, float(s["ry"]) / m
-            vx, vy = float(s["rxx"]) / m - x * x, float(s["ryy"]) / m - y * y
-            out["pearson"] = (float(s["rxy"]) / m - x * y) / max(np.sqrt(max(vx, 0) * max(vy, 0)), 1e-12)
+            out["pearson"] = metric_sums.pearson(m, *(float(s[k]) for k in ("rx", "ry", "rxx", "ryy", "rxy")))
             pairs, correct = s["gap_pairs"], s["gap_correct"]
             for name, p, c in zip(GAP_NAMES, pairs, correct):
                 if p:

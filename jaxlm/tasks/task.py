@@ -49,6 +49,22 @@ class Task:
     def label_names(self, read_data: bool = True) -> list[str] | None:
         return None
 
+    def source(self, split: str, **builder_kwargs):
+        """Split `split` of config.data.dataset, from its data_dir and path."""
+        from jaxlm.data import sources
+
+        d = self.config.data
+        return sources.open_source(d.dataset, split, data_dir=d.data_dir or None, path=d.path or None,
+                                   **builder_kwargs)
+
+    def cache(self, split: str) -> dict[str, str]:
+        """Where, and under which name, the tokenised examples of `split` are cached."""
+        from jaxlm.data import sources
+
+        d = self.config.data
+        return {"cache_dir": str(sources.default_data_dir().parent / "examples"),
+                "name": f"{d.dataset}:{d.path}:{split}"}
+
     def examples(self, tokenizer, split: str):
         raise NotImplementedError
 
