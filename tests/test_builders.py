@@ -180,7 +180,7 @@ def test_unknown_names_and_misplaced_paths(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'no_such_corpus'.*local_text, local_classification, "
                                          "embedded_corpus, wordnet_lexname, fortunes_topic"):
         sources.open_source("no_such_corpus", "train", data_dir=tmp_path)
-    with pytest.raises(ValueError, match="`path` is for jaxlm's local builders"):
+    with pytest.raises(ValueError, match=r"`path` is for jaxlm's builders \(local_text, .*\), not 'glue/sst2'"):
         sources.open_source("glue/sst2", "train", data_dir=tmp_path, path=tmp_path)
     with pytest.raises(ValueError, match="embedded_corpus reads the Debian packages' files and takes no `path`"):
         sources.open_source("embedded_corpus", "train", data_dir=tmp_path, path=tmp_path)
