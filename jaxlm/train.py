@@ -111,6 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                for tr in (True, False)))
     num_steps = t.num_steps or t.num_epochs * -(-len(train_examples) // d.batch_size)
     tx, schedule = exp.optimizer(num_steps)
+    learning_rate = jax.jit(schedule)  # for the log: one small program, not a dozen eager ops per log line
 
     state, shardings = exp.init_state(tx)
     data_state = {"step": 0}
@@ -159,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 stop, evaluated = None, None
                 if due(step, t.log_every):
                     final["train"], nonfinite = window.close(exp.task.summarize, {
-                        "learning_rate": float(schedule(step - 1)), "skipped_updates": int(state.skipped)})
+                        "learning_rate": float(learning_rate(step - 1)), "skipped_updates": int(state.skipped)})
                     mon.write(step, "train", final["train"])
                     if nonfinite and t.on_nonfinite == "stop":
                         stop = "nonfinite"

@@ -1,7 +1,8 @@
 """Multi-host on one machine: two processes of 4 fake CPU devices each, joined by jax.distributed (gloo).
 
 They must train as one process with 8 devices does (up to the order of the collectives' sums), save the
-same step when only one of them is preempted, and resume together from that checkpoint.
+same step when only one of them is preempted, and resume together, passing over together a checkpoint that one
+of them cannot read.
 """
 
 import json
@@ -19,8 +20,8 @@ import pytest
 from jaxlm import checkpoint, cli, distributed, train
 from tiny import DEMO, tiny
 
-STEPS, PREEMPT_AFTER = 30, 3
-FIELDS = {"train.num_steps": STEPS, "train.log_every": 1, "train.checkpoint_every": 100, "data.eval_split": "",
+STEPS, PREEMPT_AFTER, EVERY = 30, 4, 3
+FIELDS = {"train.num_steps": STEPS, "train.log_every": 1, "train.checkpoint_every": EVERY, "data.eval_split": "",
           "optim.learning_rate": 2e-3}
 
 
@@ -77,7 +78,7 @@ def _losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
 
 
-def test_two_processes_match_one_agree_on_a_preemption_and_resume(data_env, tmp_path):
+def test_two_processes_match_one_agree_on_a_preemption_and_pass_over_what_one_cannot_read(data_env, tmp_path):
     config = tiny("pretrain", data_env, **FIELDS)
     reference = tmp_path / "one" / "run"
     train.train_and_evaluate(config, reference)  # this process: 8 fake devices
@@ -102,30 +103,19 @@ def test_two_processes_match_one_agree_on_a_preemption_and_resume(data_env, tmp_
     assert preempted[1]["step"] == saved and PREEMPT_AFTER <= saved < STEPS
     assert checkpoint.Checkpoints(workdir, keep=3, identity={}).latest_step() == saved
 
-    # Both resume from that checkpoint to the end; the whole trajectory is the one-process one.
-    final, outputs = _finish(workdir, _start(workdir, config))
+    # Both resume to the end; process 1 alone cannot read the preemption's checkpoint (an injected I/O error):
+    # both restore the one before it, set the unreadable one aside together, and train on. The whole trajectory
+    # is the one-process one.
+    final, outputs = _finish(workdir, _start(workdir, config, env1={"JAXLM_FAULT": f"read:{saved}"}))
+    before = (saved - 1) // EVERY * EVERY
     assert [s["step"] for s in final] == [STEPS, STEPS]
-    assert f"resumed from {workdir / 'checkpoints' / str(saved)}" in outputs[0]
+    assert "injected" in outputs[1] and f"checkpoint {workdir / 'checkpoints' / str(saved)} cannot be read" in outputs[0]
+    assert f"resumed from {workdir / 'checkpoints' / str(before)}" in outputs[0]
+    assert [p.name for p in (workdir / "unreadable").iterdir()] == [f"checkpoints-{saved}"]
     assert "INFO" not in outputs[1] and "step/s" not in outputs[1]  # one voice: process 0 logs, process 1 is quiet
     got = _losses(workdir)
     assert sorted(got) == sorted(expected)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)], rtol=1e-5)
-
-
-def test_a_checkpoint_one_host_cannot_read_is_passed_over_by_both(data_env, tmp_path):
-    """Process 1 alone fails to read the newest checkpoint (an injected I/O error): both processes restore the
-    one before it, set the newest aside together, and train on to the end. (The checkpoints are written by this
-    process on its 8 devices: the same mesh, data=8, as the two processes' 4 + 4.)"""
-    config = tiny("pretrain", data_env, **{**FIELDS, "train.num_steps": 6, "train.checkpoint_every": 3})
-    workdir = tmp_path / "run"
-    train.train_and_evaluate(config, workdir)
-    assert checkpoint.Checkpoints(workdir, keep=3, identity={}).latest_step() == 6
-    final, outputs = _finish(workdir, _start(workdir, config, "--config.train.num_steps=9",
-                                             env1={"JAXLM_FAULT": "read:6"}), timeout=300)
-    assert [s["step"] for s in final] == [9, 9]
-    assert "injected" in outputs[1] and f"checkpoint {workdir / 'checkpoints' / '6'} cannot be read" in outputs[0]
-    assert f"resumed from {workdir / 'checkpoints' / '3'}" in outputs[0]
-    assert [p.name for p in (workdir / "unreadable").iterdir()] == ["checkpoints-6"]
 
 
 def test_a_coordinator_that_never_answers_is_one_line_not_an_abort(monkeypatch, capsys):
