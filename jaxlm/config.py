@@ -95,7 +95,7 @@ def base() -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     c.model = dict(
-        preset="bert-base",  # a name from jaxlm.models.bert.PRESETS
+        preset="bert-base",  # a name from jaxlm.models.PRESETS (bert.PRESETS, gpt.PRESETS)
         init_from="none",  # 'none', 'hf:DIR' (a Hugging Face BERT directory) or 'jaxlm:WORKDIR'
         max_position_embeddings=512,
         hidden_dropout=0.1,
@@ -117,7 +117,7 @@ def base() -> ml_collections.ConfigDict:
         max_seq_length=128,
         tokenizer="train",  # a directory (spm.model or vocab.txt), 'train', or 'init' (model.init_from's)
         vocab_size=30522,  # of a tokenizer jaxlm trains
-        tokenizer_model_type="unigram",  # or 'bpe'
+        tokenizer_model_type="unigram",  # SentencePiece's 'unigram' or 'bpe', or 'byte_bpe' (GPT-2's byte-level BPE)
         tokenizer_max_sentences=1_000_000,
         batch_size=256,  # global, over all hosts and devices (reward: pairs)
         eval_batch_size=256,

@@ -26,8 +26,8 @@ import optax
 from jaxlm import checkpoint, distributed, faults, hf, metric_sums, optim, sharding, tasks, train_state
 from jaxlm import config as jaxlm_config
 from jaxlm.data import pipeline
-from jaxlm.models import bert
-from jaxlm.models.transformer import Execution, TransformerConfig, check_splash_length, stack_layers, unstack_layers
+from jaxlm import models
+from jaxlm.models.transformer import Execution, TransformerConfig, check_splash_length, layer_layout
 from jaxlm.steps import eval_step
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,14 @@ def execution(config) -> Execution:
 def resolve_tokenizer(config, workdir: pathlib.Path):
     """config.data.tokenizer: a directory (spm.model or vocab.txt), 'train' (SentencePiece trained on the
     dataset, kept in workdir/tokenizer), or 'init' (the tokenizer of model.init_from). Saved in the workdir."""
-    from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
+    from jaxlm.data.tokenizer import load_tokenizer, saved_in, train_tokenizer_from_dataset
 
     d, own = config.data, workdir / "tokenizer"
-    if (own / "spm.model").exists() or (own / "vocab.txt").exists():
+    if saved_in(own):
         return load_tokenizer(own)
     if d.tokenizer == "train":
         if jax.process_index() == 0:
-            log.info("training a %s SentencePiece tokenizer (vocab %d) on %s", d.tokenizer_model_type,
+            log.info("training a %s tokenizer (vocab %d) on %s", d.tokenizer_model_type,
                      d.vocab_size, d.dataset)
             train_tokenizer_from_dataset(
                 d.dataset, vocab_size=d.vocab_size, model_type=d.tokenizer_model_type, out_dir=own,
@@ -97,15 +97,9 @@ def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict 
     elif kind == "jaxlm":
         meta, params = checkpoint.restore_params(where)
         model_config = TransformerConfig.from_architecture(meta["identity"]["model"], run)
-        params = jax.tree.map(np.asarray, params)
-        encoder = params["bert"]["encoder"]
-        has_layers = "layers" in encoder
-        if has_layers and not model_config.scan_layers:
-            params["bert"]["encoder"] = unstack_layers(encoder, model_config.num_layers)
-        elif not has_layers and model_config.scan_layers:
-            params["bert"]["encoder"] = stack_layers(encoder, model_config.num_layers)
+        params = layer_layout(jax.tree.map(np.asarray, params), model_config.num_layers, model_config.scan_layers)
     elif kind == "none":
-        model_config = bert.preset(m.preset, vocab_size=vocab_size, max_position_embeddings=m.max_position_embeddings,
+        model_config = models.preset(m.preset, vocab_size=vocab_size, max_position_embeddings=m.max_position_embeddings,
                                    **{**m.overrides.to_dict(), **dataclasses.asdict(run)})
         params = None
     else:

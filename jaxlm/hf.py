@@ -12,6 +12,7 @@ or to check parity with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -20,14 +21,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.models import bert
-from jaxlm.models.transformer import TransformerConfig, stack_layers, unstack_layers
+from jaxlm.models import bert, gpt
+from jaxlm.models.transformer import TransformerConfig, layer_layout
 
 log = logging.getLogger(__name__)
 
@@ -53,87 +55,200 @@ HEADS = {  # jaxlm head -> the HF key prefix that holds it
 }
 
 
-def config_from_hf(hf_config: dict, source: str = "config.json", **overrides) -> TransformerConfig:
-    if hf_config.get("model_type") != "bert":
+GPT2_CONFIG_FIELDS = {
+    "vocab_size": "vocab_size",
+    "n_embd": "hidden_size",
+    "n_layer": "num_layers",
+    "n_head": "num_heads",
+    "n_positions": "max_position_embeddings",
+    "activation_function": "hidden_act",
+    "layer_norm_epsilon": "layer_norm_eps",
+    "resid_pdrop": "hidden_dropout",
+    "attn_pdrop": "attention_dropout",
+    "initializer_range": "initializer_range",
+}
+# GPT-2 config values jaxlm's decoder does not compute otherwise.
+GPT2_FIXED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False}
+MODEL_TYPES = ("bert", "gpt2")
+
+
+def model_type(hf_config: dict, source: str = "config.json") -> str:
+    """'bert' or 'gpt2', the families jaxlm reads; anything else is refused naming `source`."""
+    kind = hf_config.get("model_type")
+    if kind not in MODEL_TYPES:
         raise ValueError(
-            f"{source}: model_type={hf_config.get('model_type')!r} "
-            f"(architectures {hf_config.get('architectures')}); jaxlm reads BERT checkpoints (model_type 'bert')"
-        )
-    fields = {ours: hf_config[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in hf_config}
+            f"{source}: model_type={kind!r} (architectures {hf_config.get('architectures')}); jaxlm reads BERT "
+            "(model_type 'bert') and GPT-2 (model_type 'gpt2') checkpoints")
+    return kind
+
+
+def config_from_hf(hf_config: dict, source: str = "config.json", **overrides) -> TransformerConfig:
+    if model_type(hf_config, source) == "bert":
+        fields = {ours: hf_config[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in hf_config}
+        return TransformerConfig.of(**{**fields, **overrides})
+    for key, value in GPT2_FIXED.items():
+        if hf_config.get(key, value) != value:
+            raise ValueError(f"{source}: {key}={hf_config[key]!r}; jaxlm's decoder computes GPT-2 with {key}={value}")
+    # (fields config.json lacks are GPT-2 small's, as transformers' GPT2Config has them)
+    fields = {**gpt.PRESETS["gpt2"],
+              **{ours: hf_config[theirs] for theirs, ours in GPT2_CONFIG_FIELDS.items() if theirs in hf_config}}
+    fields["intermediate_size"] = hf_config.get("n_inner") or 4 * fields["hidden_size"]
     return TransformerConfig.of(**{**fields, **overrides})
 
 
-def config_to_hf(config: TransformerConfig) -> dict:
+def config_to_hf(config: TransformerConfig, decoder: bool = False, eos_id: int | None = None) -> dict:
+    if decoder:
+        out = {theirs: getattr(config, ours) for theirs, ours in GPT2_CONFIG_FIELDS.items()}
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **out, **GPT2_FIXED,
+                "n_inner": config.intermediate_size, "embd_pdrop": config.hidden_dropout,
+                "bos_token_id": eos_id, "eos_token_id": eos_id, "tie_word_embeddings": True}
     if config.pre_layer_norm:
         raise ValueError("model.pre_layer_norm=True has no Hugging Face BERT equivalent (BERT is post-LN)")
     out = {theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()}
     return {"model_type": "bert", **out, "pad_token_id": 0, "tie_word_embeddings": True}
 
 
-# ---------------------------------------------------------------- key mapping (HF names, bert. prefix off)
+# ---------------------------------------------------------------- key mapping
+# HF key -> (jaxlm paths, HF array -> jaxlm arrays (one per path), jaxlm arrays -> HF array): most keys are one
+# parameter each side; GPT-2's fused c_attn is three of ours.
 
 
-def _layer_map(cfg: TransformerConfig) -> dict[str, tuple[str, callable, callable]]:
-    """HF key suffix within a layer -> (jaxlm path, HF->jaxlm transform, jaxlm->HF transform)."""
+def _one(path: str, to_jax=lambda x: x, to_hf=lambda x: x) -> tuple:
+    return (path,), lambda w: (to_jax(w),), lambda xs: to_hf(xs[0])
+
+
+def _transposed(path: str) -> tuple:
+    return _one(path, lambda w: w.T, lambda k: k.T)
+
+
+def _bert_layer_map(cfg: TransformerConfig) -> dict[str, tuple]:
+    """HF key suffix within a BERT layer -> jaxlm path within the layer and transforms."""
     h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-    qkv_w = (lambda w: w.T.reshape(h, n, d), lambda k: k.reshape(h, n * d).T)
-    qkv_b = (lambda b: b.reshape(n, d), lambda b: b.reshape(n * d))
-    out_w = (lambda w: w.T.reshape(n, d, h), lambda k: k.reshape(n * d, h).T)
-    dense_w = (lambda w: w.T, lambda k: k.T)
-    same = (lambda x: x, lambda x: x)
     m = {}
     for name in ("query", "key", "value"):
-        m[f"attention.self.{name}.weight"] = (f"attention/{name}/kernel", *qkv_w)
-        m[f"attention.self.{name}.bias"] = (f"attention/{name}/bias", *qkv_b)
-    m["attention.output.dense.weight"] = ("attention/out/kernel", *out_w)
-    m["attention.output.dense.bias"] = ("attention/out/bias", *same)
-    m["attention.output.LayerNorm.weight"] = ("attention_norm/scale", *same)
-    m["attention.output.LayerNorm.bias"] = ("attention_norm/bias", *same)
-    m["intermediate.dense.weight"] = ("mlp/wi/kernel", *dense_w)
-    m["intermediate.dense.bias"] = ("mlp/wi/bias", *same)
-    m["output.dense.weight"] = ("mlp/wo/kernel", *dense_w)
-    m["output.dense.bias"] = ("mlp/wo/bias", *same)
-    m["output.LayerNorm.weight"] = ("mlp_norm/scale", *same)
-    m["output.LayerNorm.bias"] = ("mlp_norm/bias", *same)
+        m[f"attention.self.{name}.weight"] = _one(f"attention/{name}/kernel", lambda w: w.T.reshape(h, n, d),
+                                                  lambda k: k.reshape(h, n * d).T)
+        m[f"attention.self.{name}.bias"] = _one(f"attention/{name}/bias", lambda b: b.reshape(n, d),
+                                                lambda b: b.reshape(n * d))
+    m["attention.output.dense.weight"] = _one("attention/out/kernel", lambda w: w.T.reshape(n, d, h),
+                                              lambda k: k.reshape(n * d, h).T)
+    m["attention.output.dense.bias"] = _one("attention/out/bias")
+    m["attention.output.LayerNorm.weight"] = _one("attention_norm/scale")
+    m["attention.output.LayerNorm.bias"] = _one("attention_norm/bias")
+    m["intermediate.dense.weight"] = _transposed("mlp/wi/kernel")
+    m["intermediate.dense.bias"] = _one("mlp/wi/bias")
+    m["output.dense.weight"] = _transposed("mlp/wo/kernel")
+    m["output.dense.bias"] = _one("mlp/wo/bias")
+    m["output.LayerNorm.weight"] = _one("mlp_norm/scale")
+    m["output.LayerNorm.bias"] = _one("mlp_norm/bias")
     return m
 
 
-def _key_map(cfg: TransformerConfig) -> dict[str, tuple[str, callable, callable]]:
-    """Every HF key (without the `bert.` prefix for the encoder) -> jaxlm path and transforms."""
-    same = (lambda x: x, lambda x: x)
-    dense_w = (lambda w: w.T, lambda k: k.T)
+def _bert_key_map(cfg: TransformerConfig) -> dict[str, tuple]:
+    """Every HF BERT key (without the `bert.` prefix for the encoder) -> jaxlm paths and transforms."""
     m = {
-        "embeddings.word_embeddings.weight": ("bert/embeddings/word/embedding", *same),
-        "embeddings.position_embeddings.weight": ("bert/embeddings/position/embedding", *same),
-        "embeddings.token_type_embeddings.weight": ("bert/embeddings/token_type/embedding", *same),
-        "embeddings.LayerNorm.weight": ("bert/embeddings/norm/scale", *same),
-        "embeddings.LayerNorm.bias": ("bert/embeddings/norm/bias", *same),
-        "pooler.dense.weight": ("bert/pooler/kernel", *dense_w),
-        "pooler.dense.bias": ("bert/pooler/bias", *same),
-        "cls.predictions.transform.dense.weight": ("mlm_head/transform/kernel", *dense_w),
-        "cls.predictions.transform.dense.bias": ("mlm_head/transform/bias", *same),
-        "cls.predictions.transform.LayerNorm.weight": ("mlm_head/norm/scale", *same),
-        "cls.predictions.transform.LayerNorm.bias": ("mlm_head/norm/bias", *same),
-        "cls.predictions.bias": ("mlm_head/bias", *same),
-        "cls.seq_relationship.weight": ("nsp_head/kernel", *dense_w),
-        "cls.seq_relationship.bias": ("nsp_head/bias", *same),
-        "classifier.weight": ("classifier/kernel", *dense_w),
-        "classifier.bias": ("classifier/bias", *same),
+        "embeddings.word_embeddings.weight": _one("bert/embeddings/word/embedding"),
+        "embeddings.position_embeddings.weight": _one("bert/embeddings/position/embedding"),
+        "embeddings.token_type_embeddings.weight": _one("bert/embeddings/token_type/embedding"),
+        "embeddings.LayerNorm.weight": _one("bert/embeddings/norm/scale"),
+        "embeddings.LayerNorm.bias": _one("bert/embeddings/norm/bias"),
+        "pooler.dense.weight": _transposed("bert/pooler/kernel"),
+        "pooler.dense.bias": _one("bert/pooler/bias"),
+        "cls.predictions.transform.dense.weight": _transposed("mlm_head/transform/kernel"),
+        "cls.predictions.transform.dense.bias": _one("mlm_head/transform/bias"),
+        "cls.predictions.transform.LayerNorm.weight": _one("mlm_head/norm/scale"),
+        "cls.predictions.transform.LayerNorm.bias": _one("mlm_head/norm/bias"),
+        "cls.predictions.bias": _one("mlm_head/bias"),
+        "cls.seq_relationship.weight": _transposed("nsp_head/kernel"),
+        "cls.seq_relationship.bias": _one("nsp_head/bias"),
+        "classifier.weight": _transposed("classifier/kernel"),
+        "classifier.bias": _one("classifier/bias"),
     }
     for i in range(cfg.num_layers):
-        for suffix, (path, to_jax, to_hf) in _layer_map(cfg).items():
-            m[f"encoder.layer.{i}.{suffix}"] = (f"bert/encoder/layer_{i}/{path}", to_jax, to_hf)
+        for suffix, (paths, to_jax, to_hf) in _bert_layer_map(cfg).items():
+            m[f"encoder.layer.{i}.{suffix}"] = (tuple(f"bert/encoder/layer_{i}/{p}" for p in paths), to_jax, to_hf)
     return m
 
 
-# Keys that are not weights of ours: buffers, and the decoder tied to the word embeddings.
-_IGNORED = re.compile(r"(position_ids|token_type_ids|cls\.predictions\.decoder\.(weight|bias))$")
+def _gpt2_key_map(cfg: TransformerConfig) -> dict[str, tuple]:
+    """Every HF GPT-2 key -> jaxlm paths and transforms. GPT-2's Conv1D weights are stored (in, out), as Flax
+    kernels are; c_attn is Q, K and V side by side along its output."""
+    h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    m = {
+        "transformer.wte.weight": _one("gpt/embeddings/word/embedding"),
+        "transformer.wpe.weight": _one("gpt/embeddings/position/embedding"),
+        "transformer.ln_f.weight": _one("gpt/decoder/final_norm/scale"),
+        "transformer.ln_f.bias": _one("gpt/decoder/final_norm/bias"),
+    }
+    for i in range(cfg.num_layers):
+        at, layer = f"transformer.h.{i}.", f"gpt/decoder/layer_{i}/"
+        qkv = tuple(f"{layer}attention/{name}/" for name in ("query", "key", "value"))
+        m[at + "attn.c_attn.weight"] = (tuple(p + "kernel" for p in qkv),
+                                        lambda w: tuple(w.reshape(h, 3, n, d).transpose(1, 0, 2, 3)),
+                                        lambda ks: np.stack(ks, 1).reshape(h, 3 * h))
+        m[at + "attn.c_attn.bias"] = (tuple(p + "bias" for p in qkv), lambda b: tuple(b.reshape(3, n, d)),
+                                      lambda bs: np.stack(bs).reshape(3 * h))
+        m[at + "attn.c_proj.weight"] = _one(layer + "attention/out/kernel", lambda w: w.reshape(n, d, h),
+                                            lambda k: k.reshape(h, h))
+        m[at + "attn.c_proj.bias"] = _one(layer + "attention/out/bias")
+        for theirs, ours in (("ln_1", "attention_norm"), ("ln_2", "mlp_norm")):
+            m[f"{at}{theirs}.weight"] = _one(f"{layer}{ours}/scale")
+            m[f"{at}{theirs}.bias"] = _one(f"{layer}{ours}/bias")
+        for theirs, ours in (("c_fc", "wi"), ("c_proj", "wo")):
+            m[f"{at}mlp.{theirs}.weight"] = _one(f"{layer}mlp/{ours}/kernel")
+            m[f"{at}mlp.{theirs}.bias"] = _one(f"{layer}mlp/{ours}/bias")
+    return m
 
 
-def _normalise_key(key: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    """How one model family's Hugging Face checkpoints are laid out."""
+
+    backbone: str  # jaxlm's top-level parameters of the Transformer stack
+    key_map: Any
+    ignored: re.Pattern  # keys that are not weights of ours: buffers, decoders tied to the word embeddings
+    normalise: Any  # an HF key as found -> as in key_map
+    export: Any  # a key_map key -> the key written
+
+    def read(self, config: TransformerConfig, params: dict, weights: dict, weights_file) -> tuple[set, list]:
+        """Puts `weights` into `params` (in place): (the jaxlm paths loaded, the HF keys not used)."""
+        key_map = self.key_map(config)
+        loaded, unused = set(), []
+        for raw_key, value in weights.items():
+            key = self.normalise(raw_key)
+            if self.ignored.search(key):
+                continue
+            if key not in key_map:
+                unused.append(raw_key)
+                continue
+            targets, to_jax, _ = key_map[key]
+            if not all(_has(params, t) for t in targets):  # a head this task does not use
+                unused.append(raw_key)
+                continue
+            for target, array in zip(targets, to_jax(np.asarray(value, np.float32))):
+                expected = _get(params, target)
+                if array.shape != expected.shape:
+                    raise ValueError(f"{weights_file}: {raw_key} has shape {np.asarray(value).shape}, but its "
+                                     f"config.json implies {expected.shape} for {target}")
+                _set(params, target, jnp.asarray(array, config.param_dtype))
+                loaded.add(target)
+        return loaded, unused
+
+
+def _bert_key(key: str) -> str:
     key = key.removeprefix("bert.")
     key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
     return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+
+
+FAMILIES = {
+    "bert": _Family("bert", _bert_key_map,
+                    re.compile(r"(position_ids|token_type_ids|cls\.predictions\.decoder\.(weight|bias))$"),
+                    _bert_key, lambda k: k if k.startswith(("cls.", "classifier.")) else f"bert.{k}"),
+    "gpt2": _Family("gpt", _gpt2_key_map, re.compile(r"(\.attn\.bias|\.attn\.masked_bias|^lm_head\.weight)$"),
+                    lambda k: k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}",
+                    lambda k: k),
+}
 
 
 def _read_weights(directory: pathlib.Path) -> tuple[dict[str, np.ndarray], pathlib.Path]:
@@ -172,12 +287,18 @@ def _get(tree: dict, path: str):
     return tree
 
 
-def _fresh_params(config: TransformerConfig, task: str, num_labels: int | None, seed: int) -> dict:
-    """Freshly initialised parameters of the model for `task`, unboxed."""
-    if task not in ("pretrain", "classify"):
+def _fresh_params(config: TransformerConfig, task: str, num_labels: int | None, seed: int, kind: str = "bert") -> dict:
+    """Freshly initialised parameters of the model for `task` (of family `kind`), unboxed."""
+    if kind == "gpt2":
+        if task == "classify":
+            raise ValueError("jaxlm reads GPT-2 checkpoints as decoders (GPT2LMHeadModel), not classifiers")
+        model = gpt.GPTLMHeadModel(config)
+    elif task == "classify":
+        model = bert.BertForSequenceClassification(config, num_labels)
+    elif task == "pretrain":
+        model = bert.BertForPreTraining(config)
+    else:
         raise ValueError(f"unknown head {task!r}; expected 'pretrain' (BertForPreTraining) or 'classify'")
-    model = bert.BertForSequenceClassification(config, num_labels) if task == "classify" else bert.BertForPreTraining(
-        config)
     dummy = {"input_ids": jnp.zeros((1, 8), jnp.int32)}
     return nn.unbox(jax.jit(model.init)(jax.random.key(seed), dummy))["params"]
 
@@ -186,58 +307,36 @@ def from_pretrained(
     path: str | pathlib.Path, task: str = "pretrain", *, num_labels: int | None = None, seed: int = 0,
     **config_overrides,
 ) -> tuple[TransformerConfig, dict]:
-    """Read a Hugging Face BERT directory -> (model config, params of the model for `task`).
+    """Read a Hugging Face BERT or GPT-2 directory -> (model config, params of the model for `task`).
 
-    Heads the file lacks (e.g. the MLM head of a `BertModel` checkpoint) are reported and initialised
-    fresh from `seed`; heads the task does not use are dropped. `config_overrides` set fields such as
-    dtype, dropout or scan_layers; with scan_layers the layers are stacked.
+    A GPT-2 is read as a decoder whatever the task. BERT heads the file lacks (e.g. the MLM head of a `BertModel`
+    checkpoint) are reported and initialised fresh from `seed`; heads the task does not use are dropped.
+    `config_overrides` set fields such as dtype, dropout or scan_layers; with scan_layers the layers are stacked.
     """
     directory = pathlib.Path(path)
     cfg_file = directory / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file}: not found; a Hugging Face checkpoint directory holds config.json")
     hf_config = json.loads(cfg_file.read_text())
+    kind = model_type(hf_config, str(cfg_file))
     config = config_from_hf(hf_config, str(cfg_file), **config_overrides)
     if task == "classify" and num_labels is None:
         num_labels = hf_config.get("num_labels") or len(hf_config.get("id2label", {})) or 2
     weights, weights_file = _read_weights(directory)
 
-    flat_cfg = config.replace(scan_layers=False)
-    params = _fresh_params(flat_cfg, task, num_labels, seed)
-    key_map = _key_map(flat_cfg)
-    loaded, unused = set(), []
-    for raw_key, value in weights.items():
-        key = _normalise_key(raw_key)
-        if _IGNORED.search(key):
-            continue
-        if key not in key_map:
-            unused.append(raw_key)
-            continue
-        target, to_jax, _ = key_map[key]
-        try:
-            expected = _get(params, target)
-        except KeyError:  # a head this task does not use
-            unused.append(raw_key)
-            continue
-        value = to_jax(np.asarray(value, np.float32))
-        if value.shape != expected.shape:
-            raise ValueError(
-                f"{weights_file}: {raw_key} has shape {np.asarray(weights[raw_key]).shape}, but {cfg_file.name} "
-                f"implies {expected.shape} for it (as {target})"
-            )
-        _set(params, target, jnp.asarray(value, config.param_dtype))
-        loaded.add(target)
-    missing = sorted(t for t, *_ in key_map.values() if t not in loaded and _has(params, t))
-    encoder_missing = [t for t in missing if t.startswith("bert/")]
-    if encoder_missing:
-        raise ValueError(f"{weights_file}: no weights for {encoder_missing[:5]} ({len(encoder_missing)} missing)")
+    family, flat_cfg = FAMILIES[kind], config.replace(scan_layers=False)
+    params = _fresh_params(flat_cfg, task, num_labels, seed, kind)
+    loaded, unused = family.read(flat_cfg, params, weights, weights_file)
+    missing = sorted(t for targets, *_ in family.key_map(flat_cfg).values() for t in targets
+                     if t not in loaded and _has(params, t))
+    stack_missing = [t for t in missing if t.startswith(family.backbone + "/")]
+    if stack_missing:
+        raise ValueError(f"{weights_file}: no weights for {stack_missing[:5]} ({len(stack_missing)} missing)")
     for head in sorted({t.split("/")[0] for t in missing}):
         log.warning("%s: no weights for %s (%s*); initialised fresh", weights_file, head, HEADS[head])
     if unused:
         log.info("%s: %d weights not used by task %r (e.g. %s)", weights_file, len(unused), task, unused[0])
-    if config.scan_layers:
-        params["bert"]["encoder"] = stack_layers(params["bert"]["encoder"], config.num_layers)
-    return config, params
+    return config, layer_layout(params, config.num_layers, config.scan_layers)
 
 
 def _has(tree: dict, path: str) -> bool:
@@ -249,32 +348,33 @@ def _has(tree: dict, path: str) -> bool:
 
 
 def save_pretrained(
-    config: TransformerConfig, params: dict, path: str | pathlib.Path, *, label_names: list[str] | None = None
+    config: TransformerConfig, params: dict, path: str | pathlib.Path, *, label_names: list[str] | None = None,
+    eos_id: int | None = None,
 ) -> pathlib.Path:
     """Write config.json + model.safetensors that transformers' BertForPreTraining (or, for a classifier,
-    BertForSequenceClassification) loads with no missing or unexpected keys."""
+    BertForSequenceClassification; for a decoder, GPT2LMHeadModel, with `eos_id` as its bos/eos) loads with no
+    missing or unexpected keys."""
     from safetensors.numpy import save_file
 
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
-    if "layers" in params["bert"]["encoder"]:
-        params = {**params, "bert": {**params["bert"], "encoder": unstack_layers(
-            params["bert"]["encoder"], config.num_layers)}}
-    hf_config = config_to_hf(config)
+    params = layer_layout(jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params),
+                          config.num_layers, scanned=False)
+    decoder = "gpt" in params
+    hf_config = config_to_hf(config, decoder, eos_id)
     if "classifier" in params:
         num_labels = params["classifier"]["bias"].shape[0]
         names = label_names or [f"LABEL_{i}" for i in range(num_labels)]
         hf_config.update(architectures=["BertForSequenceClassification"], num_labels=num_labels,
                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
                          problem_type="regression" if num_labels == 1 else "single_label_classification")
-    else:
+    elif not decoder:
         hf_config["architectures"] = ["BertForPreTraining"]
+    family = FAMILIES["gpt2" if decoder else "bert"]
     tensors = {}
-    for key, (target, _, to_hf) in _key_map(config.replace(scan_layers=False)).items():
-        if _has(params, target):
-            hf_key = key if key.startswith(("cls.", "classifier.")) else f"bert.{key}"
-            tensors[hf_key] = np.ascontiguousarray(to_hf(_get(params, target)))
+    for key, (targets, _, to_hf) in family.key_map(config.replace(scan_layers=False)).items():
+        if all(_has(params, t) for t in targets):
+            tensors[family.export(key)] = np.ascontiguousarray(to_hf(tuple(_get(params, t) for t in targets)))
     tmp = directory / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / "model.safetensors")

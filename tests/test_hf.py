@@ -163,11 +163,11 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, hf_pretraining):
     with pytest.raises(FileNotFoundError, match="config.json"):
         hf.from_pretrained(tmp_path / "nowhere")
 
-    gpt2 = tmp_path / "gpt2"
-    gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ValueError, match="gpt2.*model_type='gpt2'"):
-        hf.from_pretrained(gpt2)
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5Model"]}))
+    with pytest.raises(ValueError, match="t5.*model_type='t5'.*jaxlm reads BERT"):
+        hf.from_pretrained(t5)
 
     wrong = tmp_path / "wrong_shape"
     wrong.mkdir()

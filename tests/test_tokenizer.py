@@ -110,7 +110,7 @@ def test_train_tokenizer_from_dataset(tmp_path):
 
 
 def test_train_rejects_unknown_model_type(tmp_path):
-    with pytest.raises(ValueError, match="model_type must be 'unigram' or 'bpe'"):
+    with pytest.raises(ValueError, match=r"model_type must be one of \('unigram', 'bpe', 'byte_bpe'\), got 'char'"):
         tok.train_sentencepiece(["some text"], vocab_size=300, model_type="char", out_dir=tmp_path)
 
 
@@ -167,7 +167,7 @@ def test_wordpiece_decode_save_and_special_text(minilm, tmp_path):
 
 
 def test_load_tokenizer_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"no tokenizer at {tmp_path}: it holds neither spm.model nor vocab.txt"):
+    with pytest.raises(FileNotFoundError, match=f"no tokenizer at {tmp_path}: it holds none of spm.model, vocab.txt, tokenizer.json"):
         tok.load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         tok.load_tokenizer(tmp_path / "missing")

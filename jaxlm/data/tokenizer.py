@@ -1,4 +1,5 @@
-"""Tokenizers behind one interface: SentencePiece trained by jaxlm, and WordPiece from a Hugging Face vocab.
+"""Tokenizers behind one interface: SentencePiece trained by jaxlm, WordPiece from a Hugging Face vocab, and
+byte-level BPE (GPT-2's) through Hugging Face `tokenizers`, read, written and trained by jaxlm.
 
 `Tokenizer` is what the rest of jaxlm sees: `encode` a batch of texts to int32 ids (no special tokens
 added), `encode_words` for whole-word masking, `decode`, the special ids and the vocabulary size.
@@ -6,6 +7,9 @@ added), `encode_words` for whole-word masking, `decode`, the special ids and the
 its special tokens at fixed ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then the 256 byte pieces
 (byte fallback: no text becomes unknown), then the learned pieces. `WordPieceTokenizer` reads an imported
 checkpoint's `vocab.txt` and `tokenizer_config.json` and gives the ids of transformers' `BertTokenizerFast`.
+`ByteLevelBPETokenizer` reads `tokenizer.json` (or GPT-2's `vocab.json` + `merges.txt`) and gives the ids of
+transformers' `GPT2TokenizerFast`; its one special token, <|endoftext|>, ends a document (`eos_id`) and pads.
+A decoder's end of text is `eos_id`: <|endoftext|>, or [SEP] for SentencePiece and WordPiece.
 Special tokens written inside a text are never parsed as special tokens: "[MASK]" in a text is text.
 `load_tokenizer(dir)` picks the kind from the files in the directory.
 """
@@ -21,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
+import tokenizers
 
 from jaxlm.data import records, sources
 from jaxlm.data.sentences import split_sentences
@@ -29,6 +34,7 @@ __all__ = [
     "Tokenizer",
     "SentencePieceTokenizer",
     "WordPieceTokenizer",
+    "ByteLevelBPETokenizer",
     "load_tokenizer",
     "train_sentencepiece",
     "train_tokenizer_from_dataset",
@@ -39,6 +45,9 @@ SPM_MODEL = "spm.model"
 SPM_JSON = "spm.json"
 WORDPIECE_VOCAB = "vocab.txt"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+HF_TOKENIZER_JSON = "tokenizer.json"
+BPE_VOCAB, BPE_MERGES = "vocab.json", "merges.txt"
+EOS_PIECE = "<|endoftext|>"  # GPT-2's end of text
 # The fixed ids of jaxlm's SentencePiece models.
 SPECIAL_PIECES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
@@ -52,6 +61,7 @@ class Tokenizer(abc.ABC):
     cls_id: int
     sep_id: int
     mask_id: int
+    eos_id: int | None  # what ends a document for a decoder; None: the tokenizer has none
 
     @abc.abstractmethod
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -85,6 +95,7 @@ class Tokenizer(abc.ABC):
             if piece not in ids:
                 raise ValueError(f"{type(self).__name__}: the vocabulary has no {kind} token {piece!r}")
             setattr(self, f"{kind}_id", ids[piece])
+        self.eos_id = self.sep_id
 
 
 def _split(flat: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
@@ -167,16 +178,23 @@ def _sentences(texts: Iterable[str]) -> Iterator[str]:
         yield from split_sentences(text)
 
 
+MODEL_TYPES = ("unigram", "bpe", "byte_bpe")  # SentencePiece's two, and GPT-2's byte-level BPE (`tokenizers`)
+
+
 def _check_model_type(model_type: str) -> None:
-    if model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
 
 
 def _train(
     sentences: list[str], *, vocab_size: int, model_type: str, out_dir: str | os.PathLike, source: dict, seed: int
-) -> SentencePieceTokenizer:
+) -> Tokenizer:
     if not sentences:
         raise ValueError(f"no text to train a tokenizer on ({source})")
+    if model_type == "byte_bpe":
+        tokenizer = ByteLevelBPETokenizer.train(sentences, vocab_size)
+        tokenizer.save(out_dir)
+        return tokenizer
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -407,15 +425,116 @@ class WordPieceTokenizer(Tokenizer):
         (directory / HF_TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
+# ----------------------------------------------------------------------------------------------- byte-level BPE
+
+
+class ByteLevelBPETokenizer(Tokenizer):
+    """GPT-2's byte-level BPE, run by Hugging Face `tokenizers`: every byte has a token, so nothing is unknown;
+    <|endoftext|> is the end of text and the padding. Written inside a text it is text, as [MASK] is."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, eos_piece: str = EOS_PIECE):
+        self._tok = tokenizer
+        self._tok.encode_special_tokens = True  # a special token written in a text is its bytes
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eos_piece = eos_piece
+        self.eos_id = tokenizer.token_to_id(eos_piece)
+        self.pad_id = self.eos_id
+        self.unk_id = self.cls_id = self.sep_id = self.mask_id = None
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        self._starts_word = np.zeros(self.vocab_size, bool)  # (vocab_size,) pieces that begin with a space
+        self._starts_word[[i for piece, i in vocab.items() if piece.startswith("\u0120")]] = True
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {"pad": self.pad_id, "eos": self.eos_id}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "ByteLevelBPETokenizer":
+        """BPE merges learned from `texts` over the 256 byte symbols, <|endoftext|> at id 0."""
+        tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tokenizers.decoders.ByteLevel()
+        trainer = tokenizers.trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=[EOS_PIECE], show_progress=False,
+            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "ByteLevelBPETokenizer":
+        """Reads tokenizer.json, or vocab.json + merges.txt (GPT-2's files); the end-of-text token is
+        tokenizer_config.json's eos_token, else <|endoftext|>."""
+        directory = pathlib.Path(directory)
+        config_file = directory / HF_TOKENIZER_CONFIG
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        eos = config.get("eos_token", EOS_PIECE)
+        eos = eos.get("content", EOS_PIECE) if isinstance(eos, dict) else eos
+        if (directory / HF_TOKENIZER_JSON).is_file():
+            spec = json.loads((directory / HF_TOKENIZER_JSON).read_text())
+            kind = (spec.get("model") or {}).get("type")
+            if kind != "BPE":
+                raise ValueError(f"{directory / HF_TOKENIZER_JSON}: model type {kind!r}; jaxlm reads byte-level "
+                                 "BPE tokenizer.json files (model type 'BPE')")
+            return cls(tokenizers.Tokenizer.from_str(json.dumps(spec)), eos)
+        tok = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(directory / BPE_VOCAB),
+                                                                   str(directory / BPE_MERGES)))
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tokenizers.decoders.ByteLevel()
+        if tok.token_to_id(eos) is not None:
+            tok.add_special_tokens([eos])
+        return cls(tok, eos)
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_words(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for ids in self.encode(texts):
+            starts = self._starts_word[ids]
+            starts[:1] = True
+            out.append((ids, starts))
+        return out
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._tok.id_to_token(int(token_id))
+
+    def piece_to_id(self, piece: str) -> int:
+        return self._tok.token_to_id(piece)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._tok.decode(np.asarray(ids).tolist(), skip_special_tokens=True)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """tokenizer.json, GPT-2's vocab.json + merges.txt, and a tokenizer_config.json with which transformers'
+        AutoTokenizer loads it as GPT2TokenizerFast."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / HF_TOKENIZER_JSON))
+        self._tok.model.save(str(directory))
+        config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
+                  **{f"{k}_token": self.eos_piece for k in ("bos", "eos", "unk", "pad")}}
+        (directory / HF_TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def saved_in(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a tokenizer `load_tokenizer` reads."""
+    directory = pathlib.Path(directory)
+    return any((directory / f).is_file() for f in (SPM_MODEL, WORDPIECE_VOCAB, HF_TOKENIZER_JSON, BPE_MERGES))
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """The tokenizer saved in directory `path`: jaxlm's SentencePiece (spm.model) or a HF vocab.txt."""
+    """The tokenizer saved in directory `path`: jaxlm's SentencePiece (spm.model), a HF WordPiece vocab.txt, or a
+    byte-level BPE (tokenizer.json, or vocab.json + merges.txt)."""
     directory = pathlib.Path(path)
     if (directory / SPM_MODEL).is_file():
         return SentencePieceTokenizer.load(directory)
     if (directory / WORDPIECE_VOCAB).is_file():
         return WordPieceTokenizer.load(directory)
-    what = "is not a directory" if not directory.is_dir() else f"holds neither {SPM_MODEL} nor {WORDPIECE_VOCAB}"
+    if (directory / HF_TOKENIZER_JSON).is_file() or (directory / BPE_MERGES).is_file():
+        return ByteLevelBPETokenizer.load(directory)
+    what = "is not a directory" if not directory.is_dir() else (
+        f"holds none of {SPM_MODEL}, {WORDPIECE_VOCAB}, {HF_TOKENIZER_JSON}, {BPE_VOCAB} + {BPE_MERGES}")
     raise FileNotFoundError(
-        f"no tokenizer at {directory}: it {what} (expected jaxlm's SentencePiece {SPM_MODEL} or a "
-        f"Hugging Face WordPiece {WORDPIECE_VOCAB})"
+        f"no tokenizer at {directory}: it {what} (expected jaxlm's SentencePiece {SPM_MODEL}, a "
+        f"Hugging Face WordPiece {WORDPIECE_VOCAB} or a byte-level BPE {HF_TOKENIZER_JSON})"
     )

@@ -14,17 +14,15 @@ Every model returns a dict: `hidden` (batch, length, hidden), `pooled` (batch, h
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.models import transformer
 from jaxlm.models.transformer import (
     ACTIVATIONS,
     BATCH,
     EMBED,
-    EXECUTION_FIELDS,
     LENGTH,
     VOCAB,
     Encoder,
@@ -59,14 +57,8 @@ PRESETS.update(
 
 
 def preset(name: str, **overrides) -> TransformerConfig:
-    """The config of a preset by name, with field overrides (e.g. vocab_size=8000, dtype=jnp.bfloat16)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    fields = {f.name for f in dataclasses.fields(TransformerConfig)} - {"run"} | EXECUTION_FIELDS
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown model config fields {unknown}; valid fields: {sorted(fields)}")
-    return TransformerConfig.of(**{**PRESETS[name], **overrides})
+    """The config of a BERT preset by name, with field overrides (e.g. vocab_size=8000, dtype=jnp.bfloat16)."""
+    return transformer.from_preset(PRESETS, name, overrides)
 
 
 class Embeddings(nn.Module):

@@ -144,6 +144,18 @@ class TransformerConfig:
         return self.hidden_size // self.num_heads
 
 
+def from_preset(presets: dict[str, dict], name: str, overrides: dict) -> TransformerConfig:
+    """The config of preset `name` of a model family, with field overrides (e.g. vocab_size=8000,
+    dtype=jnp.bfloat16)."""
+    if name not in presets:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(presets))}")
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)} - {"run"} | EXECUTION_FIELDS
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown model config fields {unknown}; valid fields: {sorted(fields)}")
+    return TransformerConfig.of(**{**presets[name], **overrides})
+
+
 def dense_init(config: TransformerConfig, names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
 
@@ -199,13 +211,22 @@ def attention_mask(attention_mask: Array, segment_ids: Array | None = None) -> M
     return Mask(dense, segments, jnp.where(keep, segments, -1))
 
 
-def explicit_attention(q, k, v, mask, *, dropout_rate, dropout_rng, deterministic):
+def causal_mask(q_length: int, kv_length: int) -> Array:
+    """(q, kv) boolean: query i sees keys 0..i (aligned top-left, as `jax.nn.dot_product_attention`'s
+    `is_causal`)."""
+    return jnp.arange(kv_length)[None, :] <= jnp.arange(q_length)[:, None]
+
+
+def explicit_attention(q, k, v, mask, *, dropout_rate, dropout_rng, deterministic, causal=False):
     """softmax(QK^T / sqrt(d_k)) V with attention dropout; softmax in float32.
 
-    q, k, v: (batch, length, heads, head_dim); mask: boolean, broadcastable to (batch, heads, q, kv).
+    q, k, v: (batch, length, heads, head_dim); mask: boolean, broadcastable to (batch, heads, q, kv); `causal`
+    adds `causal_mask`.
     """
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale  # (batch, heads, q, kv)
+    if causal:
+        mask = mask & causal_mask(q.shape[1], k.shape[1])
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if not deterministic and dropout_rate > 0:
@@ -222,14 +243,14 @@ def _platform() -> str:
     return getattr(device, "platform", None) or jax.default_backend()
 
 
-def fused_attention(q, k, v, mask):
+def fused_attention(q, k, v, mask, causal=False):
     """jax.nn.dot_product_attention: cuDNN on GPU for 16-bit inputs, XLA elsewhere. No dropout.
 
-    mask: boolean, broadcastable to (batch, heads, q, kv)."""
+    mask: boolean, broadcastable to (batch, heads, q, kv); `causal` is its `is_causal` (top-left aligned)."""
     implementation = None
     if _platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         implementation = "cudnn"
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=implementation)
 
 
 SPLASH_LANES = 128  # the splash kernel's sequence blocks are multiples of this
@@ -252,18 +273,19 @@ def attention_path(config: TransformerConfig, *, training: bool, length: int, pl
     return "splash" if platform == "tpu" and length % SPLASH_LANES == 0 else "fused"
 
 
-def _splash_kernel(heads: int, length: int, interpret: bool):
-    """The splash kernel for `heads` heads of full (bidirectional) attention over `length` tokens; padding and
-    packing come in as segment ids. Blocks of up to 512 tokens, forward and backward. Made inside the trace
+def _splash_kernel(heads: int, length: int, interpret: bool, causal: bool):
+    """The splash kernel for `heads` heads of full (bidirectional) or causal attention over `length` tokens;
+    padding and packing come in as segment ids. Blocks of up to 512 tokens, forward and backward. Made inside the trace
     that uses it (its mask tables become arrays of that trace; it is cheap to make)."""
     block = next(b for b in (512, 256, 128) if length % b == 0)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * heads)
+    one = splash_mask.CausalMask((length, length)) if causal else splash_mask.FullMask((length, length))
+    mask = splash_mask.MultiHeadMask([one] * heads)
     return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def splash_attention(q, k, v, mask: Mask):
+def splash_attention(q, k, v, mask: Mask, causal: bool = False):
     """softmax(QK^T / sqrt(d_k)) V by the Pallas splash-attention kernel: on TPU compiled by Mosaic, elsewhere
     run in Pallas interpret mode (slow; for tests). No dropout.
 
@@ -276,7 +298,7 @@ def splash_attention(q, k, v, mask: Mask):
     interpret = _platform() != "tpu"
 
     def local(q, k, v, q_segments, kv_segments):
-        kernel = _splash_kernel(q.shape[2], length, interpret)
+        kernel = _splash_kernel(q.shape[2], length, interpret, causal)
         q, k, v = (t.transpose(0, 2, 1, 3) for t in (q * head_dim**-0.5, k, v))  # (batch, heads, length, d)
         out = jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q_segments, kv_segments))
         return out.transpose(0, 2, 1, 3)
@@ -318,11 +340,25 @@ class Projection(nn.Module):
         return y + bias.astype(cfg.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """A key/value cache of `length` positions per row (the "cache" collection: cached_key, cached_value (batch, length, heads,
+    head_dim) and the next position to write, per layer). `step=False` prefills it with a whole prompt (causal
+    attention over the prompt itself, on any path); `step=True` writes one token per row at the cache's position
+    and attends over the whole cache, the mask (batch, length) saying which slots hold visible tokens."""
+
+    length: int
+    step: bool = False
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate Q/K/V projections and an output projection."""
+    """Multi-head self-attention with separate Q/K/V projections and an output projection; `causal`: a query
+    sees no later key; `decoding`: reads and writes a key/value cache."""
 
     config: TransformerConfig
     deterministic: bool
+    causal: bool = False
+    decoding: Decoding | None = None
 
     @nn.compact
     def __call__(self, x: Array, mask: Mask) -> Array:
@@ -333,6 +369,10 @@ class SelfAttention(nn.Module):
             for name in ("query", "key", "value")
         )  # (batch, length, heads, head_dim)
         q, k, v = (nn.with_logical_constraint(t, (BATCH, LENGTH, HEADS, KV)) for t in (q, k, v))
+        causal = self.causal
+        if self.decoding is not None:
+            k, v = self._cache(k, v)
+            causal = causal and not self.decoding.step  # a step's mask covers the cache slots it may see
 
         dropout_active = not self.deterministic and cfg.attention_dropout > 0
         path = attention_path(cfg, training=not self.deterministic, length=q.shape[1], platform=_platform())
@@ -340,15 +380,31 @@ class SelfAttention(nn.Module):
             rng = self.make_rng("dropout") if dropout_active else None
             ctx = explicit_attention(
                 q, k, v, mask.dense, dropout_rate=cfg.attention_dropout, dropout_rng=rng,
-                deterministic=self.deterministic,
+                deterministic=self.deterministic, causal=causal,
             )
-        elif path == "splash":
-            ctx = splash_attention(q, k, v, mask)
-        else:
-            ctx = fused_attention(q, k, v, mask.dense)
+        elif path == "splash" and k.shape[1] == q.shape[1]:
+            ctx = splash_attention(q, k, v, mask, causal)
+        else:  # ('splash' has no one-query form: a decoding step takes the XLA path)
+            ctx = fused_attention(q, k, v, mask.dense, causal)
         ctx = nn.with_logical_constraint(ctx, (BATCH, LENGTH, HEADS, KV))
         out = Projection(cfg, "blnd,ndh->blh", (n, d, h), ("heads", "kv", "embed"), ("embed",), 1, name="out")(ctx)
         return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))  # (batch, length, hidden)
+
+    def _cache(self, k: Array, v: Array) -> tuple[Array, Array]:
+        """Writes this call's keys and values into the cache; returns what attention reads: the prompt's own
+        (prefill) or the whole cache (step)."""
+        batch, length, heads, head_dim = k.shape
+        shape = (batch, self.decoding.length, heads, head_dim)
+        keys = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+        values = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        at = index.value if self.decoding.step else 0
+        for var, new in ((keys, k), (values, v)):
+            var.value = nn.with_logical_constraint(
+                jax.lax.dynamic_update_slice(var.value, new.astype(var.value.dtype), (0, at, 0, 0)),
+                (BATCH, LENGTH, HEADS, KV))
+        index.value = at + length
+        return (keys.value, values.value) if self.decoding.step else (k, v)
 
 
 class FeedForward(nn.Module):
@@ -376,12 +432,14 @@ class EncoderLayer(nn.Module):
 
     config: TransformerConfig
     deterministic: bool
+    causal: bool = False
+    decoding: Decoding | None = None
 
     @nn.compact
     def __call__(self, x: Array, mask: Mask) -> tuple[Array, Array]:
         cfg = self.config
         drop = nn.Dropout(cfg.hidden_dropout, deterministic=self.deterministic)
-        attn = SelfAttention(cfg, self.deterministic, name="attention")
+        attn = SelfAttention(cfg, self.deterministic, self.causal, self.decoding, name="attention")
         mlp = FeedForward(cfg, name="mlp")
         attn_norm, mlp_norm = LayerNorm(cfg, name="attention_norm"), LayerNorm(cfg, name="mlp_norm")
         if cfg.pre_layer_norm:
@@ -402,13 +460,17 @@ REMAT_POLICIES = {
 
 
 class Encoder(nn.Module):
-    """A stack of `num_layers` encoder layers, optionally rematerialised and/or scanned."""
+    """A stack of `num_layers` Transformer layers, optionally rematerialised and/or scanned; with `causal`, the
+    stack of a decoder (a query sees no later key)."""
 
     config: TransformerConfig
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Mask, *, deterministic: bool) -> tuple[Array, Array | None]:
-        """x: (batch, length, hidden); mask: from `attention_mask`.
+    def __call__(self, x: Array, mask: Mask, *, deterministic: bool,
+                 decoding: Decoding | None = None) -> tuple[Array, Array | None]:
+        """x: (batch, length, hidden); mask: from `attention_mask`; `decoding`: read and write the "cache"
+        collection (see `Decoding`).
 
         Returns the last hidden state and all layers' outputs stacked (num_layers, batch, length, hidden).
         """
@@ -419,22 +481,34 @@ class Encoder(nn.Module):
         if cfg.scan_layers:
             stack = nn.scan(
                 layer_cls,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast,),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, deterministic, name="layers")
+            )(cfg, deterministic, self.causal, decoding, name="layers")
             x, hidden = stack(x, mask)
         else:
             outs = []
             for i in range(cfg.num_layers):
-                x, _ = layer_cls(cfg, deterministic, name=f"layer_{i}")(x, mask)
+                x, _ = layer_cls(cfg, deterministic, self.causal, decoding, name=f"layer_{i}")(x, mask)
                 outs.append(x)
             hidden = jnp.stack(outs)
         if cfg.pre_layer_norm:
             x = LayerNorm(cfg, name="final_norm")(x)
         return x, hidden
+
+
+def layer_layout(params: dict, num_layers: int, scanned: bool) -> dict:
+    """`params` with every layer stack in it (a dict holding layer_0, ... or the stacked `layers`) in the scanned
+    (`scanned`) or the per-layer layout."""
+    if not isinstance(params, dict):
+        return params
+    if scanned and "layer_0" in params:
+        return stack_layers(params, num_layers)
+    if not scanned and "layers" in params:
+        return unstack_layers(params, num_layers)
+    return {k: layer_layout(v, num_layers, scanned) for k, v in params.items()}
 
 
 def stack_layers(encoder_params: dict, num_layers: int) -> dict:
