@@ -5,6 +5,7 @@
     jaxlm train     --config experiments/FILE.py[:variant] --workdir DIR   (any task)
     jaxlm evaluate  --workdir DIR [--split test] [--config.data.*=... --config.mesh.*=...]
     jaxlm predict   --workdir DIR "This is an amazing movie!" ...   (or --file F, or texts on stdin)
+    jaxlm generate  --workdir DIR "Once upon a time" ... [--max-new-tokens N --temperature T --top-k K --top-p P]
     jaxlm convert   --from-hf SRC --out DST  |  --to-hf WORKDIR --out DST
     jaxlm tokenizer train --dataset NAME --vocab-size N --model-type unigram --out DIR
     jaxlm compile   --config experiments/FILE.py[:variant] --topology v5e-16   (TPU memory and FLOPs, no TPU)
@@ -44,17 +45,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--file", help="one text per line ('-' = stdin)")
     s.add_argument("--top", type=int, default=1, help="print the K most probable labels (label<TAB>probability each)")
     s.add_argument("texts", nargs="*")
+    s = sub.add_parser("generate", help="continue each prompt with a decoder (task causal_lm or sft)")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--file", help="one prompt per line ('-' = stdin)")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    s.add_argument("--top-k", type=int, default=0, help="sample from the K most likely tokens (0: all)")
+    s.add_argument("--top-p", type=float, default=1.0, help="sample from the most likely tokens of mass P (1: all)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("texts", nargs="*")
     s = sub.add_parser("convert", help="Hugging Face checkpoints in and out")
     g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--from-hf", metavar="SRC", help="a Hugging Face BERT directory")
+    g.add_argument("--from-hf", metavar="SRC", help="a Hugging Face BERT or GPT-2 directory")
     g.add_argument("--to-hf", metavar="WORKDIR", help="a jaxlm workdir")
     s.add_argument("--out", required=True)
-    s = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer")
+    s = sub.add_parser("tokenizer", help="train a tokenizer (SentencePiece, or a byte-level BPE)")
     tsub = s.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train")
     t.add_argument("--dataset", required=True)
     t.add_argument("--vocab-size", type=int, required=True)
-    t.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    t.add_argument("--model-type", choices=("unigram", "bpe", "byte_bpe"), default="unigram",
+                   help="SentencePiece's unigram or BPE, or GPT-2's byte-level BPE (for decoders)")
     t.add_argument("--out", required=True)
     t.add_argument("--max-sentences", type=int, default=1_000_000)
     t.add_argument("--path", help="for local builders: the file, folder or glob")
@@ -116,21 +127,21 @@ def _convert(args) -> int:
 
     if args.from_hf:
         task = hf.write_workdir(args.from_hf, args.out)
-        print(f"wrote {args.out} (a jaxlm workdir, task {task!r}: evaluate, predict or convert --to-hf it, or "
+        print(f"wrote {args.out} (a jaxlm workdir, task {task!r}: evaluate, predict (generate) or convert --to-hf it, or "
               f"fine-tune from it with model.init_from='jaxlm:{args.out}')")
     else:
         from jaxlm import inference
 
         model = inference.load(args.to_hf)
-        hf.save_pretrained(model.experiment.model_config, model.params, args.out, label_names=model.label_names)
+        hf.save_pretrained(model.experiment.model_config, model.params, args.out, label_names=model.label_names,
+                           eos_id=model.tokenizer.eos_id)
         model.tokenizer.save(args.out)
         print(f"wrote {args.out} (config.json, model.safetensors)")
     return 0
 
 
-def _predict(args, overrides: list[str]) -> int:
-    from jaxlm import inference
-
+def _texts(args) -> list[str]:
+    """The texts of predict or generate: its arguments, then the lines of --file (or stdin)."""
     texts = list(args.texts)
     if args.file == "-":
         texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -140,10 +151,33 @@ def _predict(args, overrides: list[str]) -> int:
     elif not texts and not sys.stdin.isatty():
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
-        raise ValueError("predict: give texts as arguments, with --file, or on stdin")
+        raise ValueError(f"{args.command}: give texts as arguments, with --file, or on stdin")
+    return texts
+
+
+def _predict(args, overrides: list[str]) -> int:
+    from jaxlm import inference
+
+    texts = _texts(args)
     for text, ranked in zip(texts, inference.load(args.workdir, *overrides).predict(texts, top=args.top)):
         print("\t".join(f"{label}\t{prob:.4f}" for label, prob in ranked) + f"\t{text}")
     return 0
+
+
+def _generate(args, overrides: list[str]) -> int:
+    """Prints `prompt<TAB>continuation` per prompt, newlines and tabs in the continuation escaped."""
+    from jaxlm import inference
+
+    prompts = _texts(args)
+    model = inference.load(args.workdir, *overrides)
+    for prompt, text in zip(prompts, model.generate(prompts, args.max_new_tokens, temperature=args.temperature,
+                                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)):
+        print(f"{prompt}\t{_escape(text)}")
+    return 0
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args, overrides)
+        if args.command == "generate":
+            return _generate(args, overrides)
         if overrides:
-            raise ValueError(f"--config.* overrides apply to pretrain, finetune, train, compile, sweep, evaluate and "
-                             f"predict, not {args.command}")
+            raise ValueError(f"--config.* overrides apply to pretrain, finetune, train, compile, sweep, evaluate, "
+                             f"predict and generate, not {args.command}")
         if args.command == "convert":
             return _convert(args)
         if args.command == "tokenizer":

@@ -124,7 +124,7 @@ def base() -> ml_collections.ConfigDict:
         buckets=(),  # classification: pad each batch to the smallest of these lengths that fits
     )
     c.task = dict(
-        name="pretrain",  # 'pretrain' (MLM + NSP), 'classify' or 'reward' (preference pairs)
+        name="pretrain",  # 'pretrain' (MLM + NSP), 'classify', 'reward' (preference pairs), 'causal_lm' or 'sft'
         mlm_probability=0.15,
         max_predictions_per_seq=20,
         short_seq_prob=0.1,

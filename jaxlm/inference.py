@@ -4,10 +4,11 @@
     model.predict(["a small furry animal"], top=3)       # [[(label, probability), ...]] per text
     model.evaluate("test")                               # the task's metrics on a split of config.data.dataset
     model.embed(texts, pooling="mean")                   # (texts, hidden) float32: 'pooled' or 'mean'
+    model.generate(["Once upon a time"], max_new_tokens=64, temperature=0.7, top_p=0.9)   # a decoder's
 
 The model runs data parallel over the local devices unless `mesh.*` overrides say otherwise, with the attention
 path of this platform ('auto'): a model trained on a data=2 x tensor=4 mesh gives the same numbers on one CPU.
-`jaxlm evaluate` and `jaxlm predict` are this object's methods on the command line.
+`jaxlm evaluate`, `jaxlm predict` and `jaxlm generate` are this object's methods on the command line.
 """
 
 from __future__ import annotations
@@ -57,6 +58,41 @@ class Model:
         return self.experiment.evaluate(self._eval, self.params, examples, self.config.data.eval_batch_size)
 
     # ------------------------------------------------------------------ texts
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 64, *, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """Each prompt's continuation by a decoder (task 'causal_lm' or 'sft'), up to `max_new_tokens` tokens or
+        its end of text: greedy with temperature 0, else sampled (top-k, top-p), reproducible from `seed`. An empty
+        prompt starts from the end-of-text token, as GPT-2's unconditional samples do."""
+        from jaxlm import generate as gen
+        from jaxlm.data.causal_lm import require_eos
+        from jaxlm.models.gpt import GPTLMHeadModel
+
+        model, mesh = self.experiment.model, self.experiment.mesh
+        if not isinstance(model, GPTLMHeadModel):
+            raise ValueError(f"{self.workdir}: generate needs a decoder (task 'causal_lm' or 'sft'), this workdir "
+                             f"holds task {self.config.task.name!r}")
+        require_eos(self.tokenizer, f"{self.workdir / 'tokenizer'}")
+        sampling = gen.Sampling(temperature, top_k, top_p)
+        eos = self.tokenizer.eos_id
+        encoded = [ids.tolist() or [eos] for ids in self.tokenizer.encode(prompts)]
+        longest = max(map(len, encoded), default=0)
+        gen.check_lengths(longest, max_new_tokens, model.config.max_position_embeddings)
+        length = min(-(-longest // 16) * 16, model.config.max_position_embeddings - max_new_tokens)  # fewer shapes
+        unit = sharding.batch_unit(mesh)
+        size = min(self.config.data.eval_batch_size, -(-len(prompts) // unit) * unit)
+        texts = []
+        with sharding.mesh_context(mesh):
+            for start in range(0, len(encoded), size):
+                chunk = encoded[start:start + size]
+                ids, mask = gen.left_pad(chunk + [[eos]] * (size - len(chunk)), eos, length)
+                batch = sharding.global_batch({"input_ids": ids, "attention_mask": mask}, mesh)
+                out = gen.generate(model, self.params, batch["input_ids"], batch["attention_mask"],
+                                   jax.random.fold_in(jax.random.key(seed), start), max_new_tokens=max_new_tokens,
+                                   sampling=sampling, eos_id=eos)
+                tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
+                texts += [self.tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(chunk))]
+        return texts
 
     def predict(self, texts: list[str], top: int = 1) -> list[list[tuple[str, float]]]:
         """For each text (a 'text_a\\ttext_b' pair when the task has two text fields), its `top` most probable

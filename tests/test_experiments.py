@@ -29,6 +29,7 @@ VARIANTS = {
     "glue.py": ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"),
     "sweep_wordnet_lexname.py": ("finetune", "scratch"),
     "sentiment.py": ("binary", "regression", "reward", "pretrained", "scratch"),
+    "gpt_cpu.py": ("pretrain", "movies"),
 }
 SPECS = [f"{name}:{variant}" for name, variants in VARIANTS.items() for variant in variants]
 

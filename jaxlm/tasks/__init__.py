@@ -8,12 +8,13 @@ adding a file here with a `Task` subclass, its name in `TASKS`, and the config f
 
 from __future__ import annotations
 
+from jaxlm.tasks.causal_lm import SFT, CausalLM
 from jaxlm.tasks.classify import Classify
 from jaxlm.tasks.pretrain import Pretrain
 from jaxlm.tasks.reward import Reward
 from jaxlm.tasks.task import Task
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify, Reward)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify, Reward, CausalLM, SFT)}
 
 
 def create(config) -> Task:
