@@ -75,8 +75,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int | None =
 
 
 def check_lengths(prompt_length: int, max_new_tokens: int, max_positions: int) -> None:
+    """A clear error unless a prompt of `prompt_length` tokens and `max_new_tokens` fit the model's positions."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
+    if prompt_length >= max_positions:
+        raise ValueError(f"a prompt of {prompt_length} tokens leaves no room for a new token in the model's "
+                         f"max_position_embeddings={max_positions}: shorten the prompt")
     if prompt_length + max_new_tokens > max_positions:
         raise ValueError(
             f"a prompt of {prompt_length} tokens and max_new_tokens={max_new_tokens} make {prompt_length + max_new_tokens}"

@@ -118,8 +118,11 @@ def test_causal_lm_trains_resumes_bitwise_matches_8_devices_generates_and_export
     ours = model.experiment.model.apply({"params": model.params}, {"input_ids": np.array([ids], np.int32)})["logits"]
     np.testing.assert_allclose(np.asarray(ours), reference, atol=1e-4, rtol=1e-4)
     assert cli.main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
-    assert inference.load(tmp_path / "back").generate(["A dog"], 8, temperature=0) == model.generate(
-        ["A dog"], 8, temperature=0)
+    greedy = model.generate(["A dog", "An", ""], 8, temperature=0)  # data parallel over the 8 devices
+    assert inference.load(tmp_path / "back").generate(["A dog", "An", ""], 8, temperature=0) == greedy
+    # heads (and their key/value cache) split over 4 devices: the same text
+    assert inference.load(straight, "mesh.data=2", "mesh.tensor=4").generate(["A dog", "An", ""], 8,
+                                                                             temperature=0) == greedy
 
     # SFT from the pretrained decoder on (prompt, chosen) pairs: the loss is on the responses and goes down
     pairs = tmp_path / "pairs.jsonl"

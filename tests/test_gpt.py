@@ -156,6 +156,11 @@ def test_cached_decoding_gives_the_logits_of_the_full_forward(tiny_decoder):
         full = model.apply({"params": params}, {"input_ids": np.asarray([prompt + out["tokens"][row].tolist()])})
         n = len(prompt)
         np.testing.assert_allclose(out["logits"][row], full["logits"][0, n - 1:n + 8], atol=1e-5, rtol=1e-5)
+    # the layers scanned (the cache stacked per layer like the parameters): the same tokens
+    scanned = gen.generate(gpt.GPTLMHeadModel(config.replace(scan_layers=True)),
+                           transformer.layer_layout(params, config.num_layers, scanned=True), ids, mask,
+                           jax.random.key(1), max_new_tokens=9, sampling=gen.Sampling(temperature=1.0))
+    np.testing.assert_array_equal(scanned["tokens"], out["tokens"])
 
 
 def test_greedy_generation_equals_transformers_generate(hf_gpt2, bpe):
@@ -198,35 +203,29 @@ def test_sampling_is_reproducible_from_its_seed_and_keeps_to_top_k(tiny_decoder)
 def test_causal_attention_on_every_path_with_padding_and_packing(tiny_decoder):
     config, params = tiny_decoder
     rng = np.random.default_rng(0)
-    ids = rng.integers(1, 97, (2, 128)).astype(np.int32)
-    mask = np.ones_like(ids)
-    mask[1, 100:] = 0
-    logits = {path: _jax_logits(config.replace(attention=path), params, ids, mask)
-              for path in ("explicit", "fused", "splash")}
-    keep = mask.astype(bool)
-    for path in ("fused", "splash"):
-        np.testing.assert_allclose(logits[path][keep], logits["explicit"][keep], atol=1e-5, rtol=1e-5)
-    later = ids.copy()
-    later[:, 60:] = (later[:, 60:] + 1) % 97
-    np.testing.assert_allclose(_jax_logits(config, params, later, mask)[:, :60], logits["explicit"][:, :60],
-                               atol=1e-6)  # no query sees a later token
-    # three documents packed in one row: each sees only itself, its positions start at 0
+    # row 0: three documents packed, each sees only itself and its positions start at 0; row 1: one, padded
     docs = [rng.integers(1, 97, n).astype(np.int32) for n in (50, 30, 40)]
-    row = np.zeros((1, 128), np.int32)
-    segments = np.zeros((1, 128), np.int32)
+    ids, segments = np.zeros((2, 128), np.int32), np.zeros((2, 128), np.int32)
     at = 0
     for k, doc in enumerate(docs):
-        row[0, at:at + len(doc)], segments[0, at:at + len(doc)] = doc, k + 1
+        ids[0, at:at + len(doc)], segments[0, at:at + len(doc)] = doc, k + 1
         at += len(doc)
-    for path in ("explicit", "fused", "splash"):
-        packed = gpt.GPTLMHeadModel(config.replace(attention=path)).apply(
-            {"params": params}, {"input_ids": row, "attention_mask": (segments > 0).astype(np.int32),
-                                 "segment_ids": segments})["logits"][0]
-        at = 0
-        for doc in docs:
-            alone = _jax_logits(config, params, doc[None], np.ones((1, len(doc)), np.int32))[0]
-            np.testing.assert_allclose(packed[at:at + len(doc)], alone, atol=1e-5, rtol=1e-5, err_msg=path)
-            at += len(doc)
+    ids[1, :100], segments[1, :100] = rng.integers(1, 97, 100), 1
+    batch = {"input_ids": ids, "attention_mask": (segments > 0).astype(np.int32), "segment_ids": segments}
+    logits = {path: np.asarray(gpt.GPTLMHeadModel(config.replace(attention=path)).apply({"params": params}, batch)
+                               ["logits"]) for path in ("explicit", "fused", "splash")}
+    keep = segments > 0
+    for path in ("fused", "splash"):
+        np.testing.assert_allclose(logits[path][keep], logits["explicit"][keep], atol=1e-5, rtol=1e-5, err_msg=path)
+    at = 0
+    for doc in docs:
+        alone = _jax_logits(config, params, doc[None], np.ones((1, len(doc)), np.int32))[0]
+        np.testing.assert_allclose(logits["explicit"][0, at:at + len(doc)], alone, atol=1e-5, rtol=1e-5)
+        at += len(doc)
+    later = ids[1:, :100].copy()
+    later[:, 60:] = (later[:, 60:] + 1) % 97
+    np.testing.assert_allclose(_jax_logits(config, params, later, np.ones_like(later))[:, :60],
+                               logits["explicit"][1:, :60], atol=1e-5)  # no query sees a later token
 
 
 def test_bad_generation_inputs_and_checkpoints_are_named(tiny_decoder, tmp_path):
@@ -236,6 +235,8 @@ def test_bad_generation_inputs_and_checkpoints_are_named(tiny_decoder, tmp_path)
     with pytest.raises(ValueError, match=r"max_new_tokens=9 make 129 positions, more than the model's "
                                          r"max_position_embeddings=128.*at most 8"):
         gen.generate(model, params, ids, mask, jax.random.key(0), max_new_tokens=9)
+    with pytest.raises(ValueError, match="a prompt of 130 tokens leaves no room for a new token"):
+        gen.generate(model, params, *gen.left_pad([[1] * 130], 0), jax.random.key(0), max_new_tokens=1)
     with pytest.raises(ValueError, match="max_new_tokens=0: expected at least 1"):
         gen.generate(model, params, ids, mask, jax.random.key(0), max_new_tokens=0)
     with pytest.raises(ValueError, match="top_p=0: expected a probability"):

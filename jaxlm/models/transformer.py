@@ -1,4 +1,5 @@
-"""The Transformer encoder: frozen config, attention, feed-forward, encoder layer and stack.
+"""The Transformer: frozen config, attention (bidirectional or causal, with a key/value cache for decoding),
+feed-forward, layer and stack; BERT (`bert.py`) and GPT (`gpt.py`) are built from them.
 
 Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) and every
 large activation a logical constraint (`activation_batch`, `activation_length`, ...); `jaxlm.sharding`
@@ -83,7 +84,8 @@ def _split(fields: dict) -> tuple[dict, dict]:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """A BERT-style encoder: its architecture (what a checkpoint is), and `run`, how it runs (`Execution`).
+    """A Transformer stack (BERT's encoder, GPT's decoder): its architecture (what a checkpoint is), and `run`, how
+    it runs (`Execution`).
 
     `of(**fields)` and `replace(**fields)` take the fields of both; the modules read the run's as attributes."""
 
@@ -235,6 +237,20 @@ def explicit_attention(q, k, v, mask, *, dropout_rate, dropout_rng, deterministi
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)  # (batch, q, heads, head_dim)
 
 
+def step_attention(q, k, v, mask):
+    """One query per row over a key/value cache, written as products and sums over the cache (each read once,
+    nothing transposed): a decoding step's attention on every platform. Softmax in float32.
+
+    q: (batch, 1, heads, head_dim); k, v: (batch, length, heads, head_dim); mask: boolean, (batch, 1, 1, length).
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), -1) * scale  # (batch, length, heads)
+    logits = jnp.where(mask[:, 0, 0, :, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=1)
+    ctx = jnp.sum(probs[..., None] * v.astype(jnp.float32), axis=1)  # (batch, heads, head_dim)
+    return ctx[:, None].astype(v.dtype)
+
+
 def _platform() -> str:
     """The platform the code being traced will run on: the mesh's (so that an ahead-of-time compile for a TPU
     topology on a CPU host takes the TPU paths), else the default backend's."""
@@ -330,13 +346,19 @@ class Projection(nn.Module):
     kernel_names: tuple[str, ...]
     bias_names: tuple[str, ...]
     bias_ndim: int
+    flatten: int = 0  # > 0: the kernel's first `flatten` dims (x's last) merged, one plain matmul
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         kernel = self.param("kernel", dense_init(cfg, self.kernel_names), self.kernel_shape, cfg.param_dtype)
         bias = self.param("bias", zeros_init(self.bias_names), self.kernel_shape[-self.bias_ndim:], cfg.param_dtype)
-        y = jnp.einsum(self.equation, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
+        if self.flatten:  # (a one-token step: XLA would otherwise transpose the kernel rather than x)
+            k = self.flatten
+            y = x.reshape(*x.shape[:-k], -1).astype(cfg.dtype) @ kernel.reshape(-1, *self.kernel_shape[k:]).astype(
+                cfg.dtype)
+        else:
+            y = jnp.einsum(self.equation, x.astype(cfg.dtype), kernel.astype(cfg.dtype))
         return y + bias.astype(cfg.dtype)
 
 
@@ -369,25 +391,28 @@ class SelfAttention(nn.Module):
             for name in ("query", "key", "value")
         )  # (batch, length, heads, head_dim)
         q, k, v = (nn.with_logical_constraint(t, (BATCH, LENGTH, HEADS, KV)) for t in (q, k, v))
-        causal = self.causal
+        causal, step = self.causal, self.decoding is not None and self.decoding.step
         if self.decoding is not None:
             k, v = self._cache(k, v)
-            causal = causal and not self.decoding.step  # a step's mask covers the cache slots it may see
+            causal = causal and not step  # a step's mask covers the cache slots it may see
 
         dropout_active = not self.deterministic and cfg.attention_dropout > 0
         path = attention_path(cfg, training=not self.deterministic, length=q.shape[1], platform=_platform())
-        if path == "explicit":
+        if path == "explicit" and not step:
             rng = self.make_rng("dropout") if dropout_active else None
             ctx = explicit_attention(
                 q, k, v, mask.dense, dropout_rate=cfg.attention_dropout, dropout_rng=rng,
                 deterministic=self.deterministic, causal=causal,
             )
-        elif path == "splash" and k.shape[1] == q.shape[1]:
+        elif step:
+            ctx = step_attention(q, k, v, mask.dense)
+        elif path == "splash":
             ctx = splash_attention(q, k, v, mask, causal)
-        else:  # ('splash' has no one-query form: a decoding step takes the XLA path)
+        else:
             ctx = fused_attention(q, k, v, mask.dense, causal)
         ctx = nn.with_logical_constraint(ctx, (BATCH, LENGTH, HEADS, KV))
-        out = Projection(cfg, "blnd,ndh->blh", (n, d, h), ("heads", "kv", "embed"), ("embed",), 1, name="out")(ctx)
+        out = Projection(cfg, "blnd,ndh->blh", (n, d, h), ("heads", "kv", "embed"), ("embed",), 1,
+                         flatten=2 if step else 0, name="out")(ctx)
         return nn.with_logical_constraint(out, (BATCH, LENGTH, EMBED))  # (batch, length, hidden)
 
     def _cache(self, k: Array, v: Array) -> tuple[Array, Array]:
