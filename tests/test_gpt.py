@@ -247,3 +247,10 @@ def test_bad_generation_inputs_and_checkpoints_are_named(tiny_decoder, tmp_path)
         hf.from_pretrained(tmp_path)
     no_eos = ByteLevelBPETokenizer.train(TEXTS, 280)
     assert ByteLevelBPETokenizer(no_eos._tok, eos_piece="</s>").eos_id is None
+
+
+@pytest.mark.parametrize("name, millions", [("gpt2", 124.44), ("gpt2-medium", 354.82)])
+def test_presets_have_gpt2s_parameter_counts(name, millions):
+    model = gpt.GPTLMHeadModel(gpt.preset(name))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), {"input_ids": jax.ShapeDtypeStruct((1, 8), "int32")})
+    assert sum(x.size for x in jax.tree.leaves(shapes)) / 1e6 == pytest.approx(millions, abs=0.01)
