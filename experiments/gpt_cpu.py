@@ -13,7 +13,10 @@ its text field only: a movie-review language model, the policy a later RL run st
 byte-level BPE of 4,096 tokens (GPT-2's kind, <|endoftext|> ends each document) trained by jaxlm on the data.
 Recipe: gpt-mini (4 layers, hidden 256, 4 heads), 128-token rows of packed documents (no attention across them),
 no dropout, AdamW 1e-3 with 50 warm-up steps then linear decay.
-Expected: validation perplexity well under the unigram baseline printed beside it; not measured yet.
+Expected (measured, `movies`, 2 CPU cores, 8 min 44 s): validation perplexity 158 (next-token accuracy 0.19) against
+850 for a unigram model of the train split; train loss 7.9 -> 4.3, validation 5.6 -> 5.1 (loss.png). Samples at
+temperature 0.8, top-p 0.95: "This movie is often made with a great screenplay." / "A sophisticated and
+exploitational film that is a very little for a low budget story." `pretrain`: not measured yet.
 """
 
 from jaxlm import config as jaxlm_config

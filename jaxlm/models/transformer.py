@@ -238,17 +238,17 @@ def explicit_attention(q, k, v, mask, *, dropout_rate, dropout_rng, deterministi
 
 
 def step_attention(q, k, v, mask):
-    """One query per row over a key/value cache, written as products and sums over the cache (each read once,
-    nothing transposed): a decoding step's attention on every platform. Softmax in float32.
+    """One query per row over a key/value cache laid out heads first, so that both products are batched over
+    (batch, heads) with nothing transposed: a decoding step's attention on every platform. Softmax in float32.
 
-    q: (batch, 1, heads, head_dim); k, v: (batch, length, heads, head_dim); mask: boolean, (batch, 1, 1, length).
+    q: (batch, 1, heads, head_dim); k, v: (batch, heads, length, head_dim); mask: boolean, (batch, 1, 1, length).
+    Returns (batch, 1, heads, head_dim).
     """
     scale = q.shape[-1] ** -0.5
-    logits = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), -1) * scale  # (batch, length, heads)
-    logits = jnp.where(mask[:, 0, 0, :, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=1)
-    ctx = jnp.sum(probs[..., None] * v.astype(jnp.float32), axis=1)  # (batch, heads, head_dim)
-    return ctx[:, None].astype(v.dtype)
+    logits = jnp.einsum("bhd,bhkd->bhk", q[:, 0], k).astype(jnp.float32) * scale  # (batch, heads, length)
+    logits = jnp.where(mask[:, 0], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhk,bhkd->bhd", probs.astype(v.dtype), v)[:, None]
 
 
 def _platform() -> str:
@@ -364,8 +364,8 @@ class Projection(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Decoding:
-    """A key/value cache of `length` positions per row (the "cache" collection: cached_key, cached_value (batch, length, heads,
-    head_dim) and the next position to write, per layer). `step=False` prefills it with a whole prompt (causal
+    """A key/value cache of `length` positions per row (the "cache" collection: cached_key, cached_value (batch, heads,
+    length, head_dim), heads first for `step_attention`, and the next position to write, per layer). `step=False` prefills it with a whole prompt (causal
     attention over the prompt itself, on any path); `step=True` writes one token per row at the cache's position
     and attends over the whole cache, the mask (batch, length) saying which slots hold visible tokens."""
 
@@ -417,17 +417,17 @@ class SelfAttention(nn.Module):
 
     def _cache(self, k: Array, v: Array) -> tuple[Array, Array]:
         """Writes this call's keys and values into the cache; returns what attention reads: the prompt's own
-        (prefill) or the whole cache (step)."""
+        (prefill, (batch, length, heads, head_dim)) or the whole cache (step, heads first)."""
         batch, length, heads, head_dim = k.shape
-        shape = (batch, self.decoding.length, heads, head_dim)
+        shape = (batch, heads, self.decoding.length, head_dim)
         keys = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
         values = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         at = index.value if self.decoding.step else 0
         for var, new in ((keys, k), (values, v)):
-            var.value = nn.with_logical_constraint(
-                jax.lax.dynamic_update_slice(var.value, new.astype(var.value.dtype), (0, at, 0, 0)),
-                (BATCH, LENGTH, HEADS, KV))
+            new = new.astype(var.value.dtype).transpose(0, 2, 1, 3)  # (batch, heads, length, head_dim)
+            var.value = nn.with_logical_constraint(jax.lax.dynamic_update_slice(var.value, new, (0, 0, at, 0)),
+                                                   (BATCH, HEADS, LENGTH, KV))
         index.value = at + length
         return (keys.value, values.value) if self.decoding.step else (k, v)
 
