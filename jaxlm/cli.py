@@ -127,8 +127,8 @@ def _convert(args) -> int:
 
     if args.from_hf:
         task = hf.write_workdir(args.from_hf, args.out)
-        print(f"wrote {args.out} (a jaxlm workdir, task {task!r}: evaluate, predict (generate) or convert --to-hf it, or "
-              f"fine-tune from it with model.init_from='jaxlm:{args.out}')")
+        print(f"wrote {args.out} (a jaxlm workdir, task {task!r}: evaluate, predict (generate) or convert --to-hf "
+              f"it, or fine-tune from it with model.init_from='jaxlm:{args.out}')")
     else:
         from jaxlm import inference
 

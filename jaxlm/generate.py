@@ -83,8 +83,8 @@ def check_lengths(prompt_length: int, max_new_tokens: int, max_positions: int) -
                          f"max_position_embeddings={max_positions}: shorten the prompt")
     if prompt_length + max_new_tokens > max_positions:
         raise ValueError(
-            f"a prompt of {prompt_length} tokens and max_new_tokens={max_new_tokens} make {prompt_length + max_new_tokens}"
-            f" positions, more than the model's max_position_embeddings={max_positions}: shorten the prompt or "
+            f"a prompt of {prompt_length} tokens and max_new_tokens={max_new_tokens} make "
+            f"{prompt_length + max_new_tokens} positions, more than the model's max_position_embeddings={max_positions}: shorten the prompt or "
             f"lower max_new_tokens (at most {max_positions - prompt_length} here)")
 
 

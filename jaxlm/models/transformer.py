@@ -364,10 +364,11 @@ class Projection(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Decoding:
-    """A key/value cache of `length` positions per row (the "cache" collection: cached_key, cached_value (batch, heads,
-    length, head_dim), heads first for `step_attention`, and the next position to write, per layer). `step=False` prefills it with a whole prompt (causal
-    attention over the prompt itself, on any path); `step=True` writes one token per row at the cache's position
-    and attends over the whole cache, the mask (batch, length) saying which slots hold visible tokens."""
+    """A key/value cache of `length` positions per row: the "cache" collection holds, per layer, cached_key and
+    cached_value (batch, heads, length, head_dim), heads first for `step_attention`, and the next position to write.
+    `step=False` prefills it with a whole prompt (causal attention over the prompt itself, on any path); `step=True`
+    writes one token per row at the cache's position and attends over the whole cache, the mask (batch, length)
+    saying which slots hold visible tokens."""
 
     length: int
     step: bool = False
