@@ -84,8 +84,9 @@ def check_lengths(prompt_length: int, max_new_tokens: int, max_positions: int) -
     if prompt_length + max_new_tokens > max_positions:
         raise ValueError(
             f"a prompt of {prompt_length} tokens and max_new_tokens={max_new_tokens} make "
-            f"{prompt_length + max_new_tokens} positions, more than the model's max_position_embeddings={max_positions}: shorten the prompt or "
-            f"lower max_new_tokens (at most {max_positions - prompt_length} here)")
+            f"{prompt_length + max_new_tokens} positions, more than the model's max_position_embeddings="
+            f"{max_positions}: shorten the prompt or lower max_new_tokens (at most {max_positions - prompt_length} "
+            "here)")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_id", "with_logits"))
@@ -103,18 +104,19 @@ def generate(model, params, input_ids: Array, attention_mask: Array, key: Array,
                                  decoding=Decoding(length), logits="last", mutable=["cache"])
     logits = out["logits"][:, 0]  # (batch, vocab)
     vocab = logits.shape[-1]
+    prompt_tokens = attention_mask.astype(jnp.int32).sum(1)  # (batch,) step i's token is at position this + i
     state = dict(
         step=jnp.zeros((), jnp.int32),
         token=sample(logits, jax.random.fold_in(key, 0), sampling),
         logits=logits,
         cache=variables["cache"],
         kv_mask=jnp.concatenate([attention_mask.astype(jnp.int32), jnp.zeros((batch, max_new_tokens), jnp.int32)], 1),
-        position=attention_mask.astype(jnp.int32).sum(1),  # (batch,) the next token's position id
         done=jnp.zeros((batch,), bool),
         tokens=jnp.full((batch, max_new_tokens), 0 if eos_id is None else eos_id, jnp.int32),
         lengths=jnp.zeros((batch,), jnp.int32),
         all_logits=jnp.zeros((batch, max_new_tokens, vocab) if with_logits else (0,), jnp.float32),
     )
+
     def running(s):
         return (s["step"] < max_new_tokens) & ~jnp.all(s["done"])
 
@@ -128,12 +130,11 @@ def generate(model, params, input_ids: Array, attention_mask: Array, key: Array,
         kv_mask = s["kv_mask"].at[:, prompt_length + i].set(1)
         out, variables = model.apply(
             {"params": params, "cache": s["cache"]},
-            {"input_ids": token[:, None], "attention_mask": kv_mask, "position_ids": s["position"][:, None]},
+            {"input_ids": token[:, None], "attention_mask": kv_mask, "position_ids": (prompt_tokens + i)[:, None]},
             decoding=Decoding(length, step=True), mutable=["cache"])
         logits = out["logits"][:, 0]
         return {**s, "step": i + 1, "token": sample(logits, jax.random.fold_in(key, i + 1), sampling),
-                "logits": logits, "cache": variables["cache"], "kv_mask": kv_mask, "position": s["position"] + 1,
-                "done": done}
+                "logits": logits, "cache": variables["cache"], "kv_mask": kv_mask, "done": done}
 
     s = jax.lax.while_loop(running, step, state)
     result = {"tokens": s["tokens"], "lengths": s["lengths"]}

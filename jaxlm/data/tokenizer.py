@@ -428,6 +428,14 @@ class WordPieceTokenizer(Tokenizer):
 # ----------------------------------------------------------------------------------------------- byte-level BPE
 
 
+def _byte_level(model) -> tokenizers.Tokenizer:
+    """A `tokenizers` BPE `model` behind GPT-2's byte-level pre-tokenizer (no prefix space) and decoder."""
+    tok = tokenizers.Tokenizer(model)
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    return tok
+
+
 class ByteLevelBPETokenizer(Tokenizer):
     """GPT-2's byte-level BPE, run by Hugging Face `tokenizers`: every byte has a token, so nothing is unknown;
     <|endoftext|> is the end of text and the padding. Written inside a text it is text, as [MASK] is."""
@@ -451,9 +459,7 @@ class ByteLevelBPETokenizer(Tokenizer):
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "ByteLevelBPETokenizer":
         """BPE merges learned from `texts` over the 256 byte symbols, <|endoftext|> at id 0."""
-        tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = tokenizers.decoders.ByteLevel()
+        tok = _byte_level(tokenizers.models.BPE())
         trainer = tokenizers.trainers.BpeTrainer(
             vocab_size=vocab_size, special_tokens=[EOS_PIECE], show_progress=False,
             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
@@ -476,10 +482,7 @@ class ByteLevelBPETokenizer(Tokenizer):
                 raise ValueError(f"{directory / HF_TOKENIZER_JSON}: model type {kind!r}; jaxlm reads byte-level "
                                  "BPE tokenizer.json files (model type 'BPE')")
             return cls(tokenizers.Tokenizer.from_str(json.dumps(spec)), eos)
-        tok = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(directory / BPE_VOCAB),
-                                                                   str(directory / BPE_MERGES)))
-        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = tokenizers.decoders.ByteLevel()
+        tok = _byte_level(tokenizers.models.BPE.from_file(str(directory / BPE_VOCAB), str(directory / BPE_MERGES)))
         if tok.token_to_id(eos) is not None:
             tok.add_special_tokens([eos])
         return cls(tok, eos)

@@ -112,11 +112,7 @@ class BertModel(nn.Module):
         """input_ids etc.: (batch, length) ints. segment_ids (packed sequences) restricts attention to
         tokens of the same segment; 0 marks padding."""
         batch, length = input_ids.shape
-        if length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {length} exceeds the model's max_position_embeddings="
-                f"{self.config.max_position_embeddings} (lower data.max_seq_length)"
-            )
+        transformer.check_positions(self.config, length)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask_ is None:

@@ -110,9 +110,8 @@ class GPTModel(nn.Module):
         """batch: input_ids (batch, length); attention_mask (default: all ones; over the whole cache in a decoding
         step); position_ids (default: `positions` of the mask); segment_ids for packed documents."""
         cfg, ids = self.config, batch["input_ids"]
-        if decoding is None and ids.shape[1] > cfg.max_position_embeddings:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds the model's max_position_embeddings="
-                             f"{cfg.max_position_embeddings} (lower data.max_seq_length)")
+        if decoding is None:  # (a decoding step's positions are checked by `jaxlm.generate`)
+            transformer.check_positions(cfg, ids.shape[1])
         mask = batch.get("attention_mask")
         mask = jnp.ones_like(ids) if mask is None else mask
         segment_ids = batch.get("segment_ids")

@@ -158,6 +158,13 @@ def from_preset(presets: dict[str, dict], name: str, overrides: dict) -> Transfo
     return TransformerConfig.of(**{**presets[name], **overrides})
 
 
+def check_positions(config: TransformerConfig, length: int) -> None:
+    """Sequences of `length` tokens fit the model's learned positions, or a clear error."""
+    if length > config.max_position_embeddings:
+        raise ValueError(f"sequence length {length} exceeds the model's max_position_embeddings="
+                         f"{config.max_position_embeddings} (lower data.max_seq_length)")
+
+
 def dense_init(config: TransformerConfig, names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
 
