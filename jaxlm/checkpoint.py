@@ -31,6 +31,7 @@ import warnings
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxlm import distributed, faults
@@ -312,10 +313,12 @@ def restore_params(workdir: str | pathlib.Path, abstract_params: Any | None = No
         if step is None:
             continue
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if abstract_params is None:
-            with warnings.catch_warnings():  # host arrays wanted: the shardings they were saved with do not matter
-                warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
-                state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))["state"]
+        if abstract_params is None:  # host arrays, whatever devices the checkpoint was saved from
+            saved = ocp.PyTreeCheckpointHandler().metadata(directory / str(step) / "state").tree
+            target = {"params": saved["params"]}
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True)))["state"]
             return meta, state["params"]
         target = {"params": abstract_params}
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)

@@ -124,7 +124,7 @@ def base() -> ml_collections.ConfigDict:
         buckets=(),  # classification: pad each batch to the smallest of these lengths that fits
     )
     c.task = dict(
-        name="pretrain",  # 'pretrain' (MLM + NSP), 'classify', 'reward' (preference pairs), 'causal_lm' or 'sft'
+        name="pretrain",  # 'pretrain' (MLM + NSP), 'classify', 'reward' (preference pairs), 'causal_lm', 'sft', 'dpo'
         mlm_probability=0.15,
         max_predictions_per_seq=20,
         short_seq_prob=0.1,
@@ -132,9 +132,14 @@ def base() -> ml_collections.ConfigDict:
         packed=False,  # MLM only, documents packed into full sequences (no NSP)
         split_sentences=True,
         num_labels=0,  # classify: 0 = from the dataset's label names; 1 = regression
-        label_smoothing=0.0,  # reward: eps of -(1-eps) log sigmoid(d) - eps log sigmoid(-d)
+        label_smoothing=0.0,  # reward, dpo: eps of -(1-eps) log sigmoid(d) - eps log sigmoid(-d)
         center_rewards_coefficient=0.0,  # reward: TRL's centring, coefficient * mean((r_chosen + r_rejected)^2)
         margin_scale=0.0,  # reward: d = r_chosen - r_rejected - margin_scale * the pair's margin (0: none)
+        loss_type="sigmoid",  # dpo: TRL's 'sigmoid', 'robust', 'hinge', 'ipo', 'sigmoid_norm', or 'simpo'
+        beta=0.1,  # dpo: the strength of the implicit KL to the reference (IPO's tau; SimPO's reward scale)
+        simpo_gamma=0.5,  # dpo, loss_type 'simpo': the target reward margin
+        reference="",  # dpo: the frozen reference, 'jaxlm:WORKDIR' or 'hf:DIR' ('' = model.init_from)
+        pairs_per_row=4,  # dpo: preference pairs packed into one row of data.max_seq_length, at most
     )
     c.optim = dict(
         name="adamw",  # or 'lamb'

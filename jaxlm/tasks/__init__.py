@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from jaxlm.tasks.causal_lm import SFT, CausalLM
 from jaxlm.tasks.classify import Classify
+from jaxlm.tasks.dpo import DPO
 from jaxlm.tasks.pretrain import Pretrain
 from jaxlm.tasks.reward import Reward
 from jaxlm.tasks.task import Task
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify, Reward, CausalLM, SFT)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify, Reward, CausalLM, SFT, DPO)}
 
 
 def create(config) -> Task:
