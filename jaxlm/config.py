@@ -124,7 +124,8 @@ def base() -> ml_collections.ConfigDict:
         buckets=(),  # classification: pad each batch to the smallest of these lengths that fits
     )
     c.task = dict(
-        name="pretrain",  # 'pretrain' (MLM + NSP), 'classify', 'reward' (preference pairs), 'causal_lm', 'sft', 'dpo'
+        # 'pretrain' (MLM + NSP), 'classify', 'reward' (preference pairs), 'causal_lm', 'sft', 'dpo', 'rloo'
+        name="pretrain",
         mlm_probability=0.15,
         max_predictions_per_seq=20,
         short_seq_prob=0.1,
@@ -136,10 +137,19 @@ def base() -> ml_collections.ConfigDict:
         center_rewards_coefficient=0.0,  # reward: TRL's centring, coefficient * mean((r_chosen + r_rejected)^2)
         margin_scale=0.0,  # reward: d = r_chosen - r_rejected - margin_scale * the pair's margin (0: none)
         loss_type="sigmoid",  # dpo: TRL's 'sigmoid', 'robust', 'hinge', 'ipo', 'sigmoid_norm', or 'simpo'
-        beta=0.1,  # dpo: the strength of the implicit KL to the reference (IPO's tau; SimPO's reward scale)
+        beta=0.1,  # dpo: the implicit KL's strength (IPO's tau; SimPO's reward scale); rloo: the KL penalty's
         simpo_gamma=0.5,  # dpo, loss_type 'simpo': the target reward margin
         reference="",  # dpo: the frozen reference, 'jaxlm:WORKDIR' or 'hf:DIR' ('' = model.init_from)
         pairs_per_row=4,  # dpo: preference pairs packed into one row of data.max_seq_length, at most
+        reward_model="",  # rloo: the workdir of a 'reward' run, scoring the policy's completions
+        advantage="rloo",  # rloo: 'rloo' (leave-one-out baseline) or 'grpo' (group mean and std)
+        num_generations=4,  # rloo: completions sampled per prompt (TRL's num_generations)
+        prompt_tokens=8,  # rloo: a prompt is the first this many tokens of config.data.text_fields[0]
+        max_new_tokens=32,  # rloo: tokens per completion, at most (prompt + completion <= data.max_seq_length)
+        temperature=1.0,  # rloo: sampling temperature of rollouts and evaluation (log-probabilities at it too)
+        top_k=0,  # rloo: sample from the top_k most likely tokens only (0: all)
+        epsilon=0.2,  # rloo: the ratio's clipping range, [1 - epsilon, 1 + epsilon]
+        num_samples=4,  # rloo: completions written to samples.jsonl at each log line
     )
     c.optim = dict(
         name="adamw",  # or 'lamb'

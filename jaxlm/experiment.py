@@ -11,7 +11,6 @@ build their state through `jaxlm.train_state`'s one recipe, on an experiment's m
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import pathlib
@@ -28,7 +27,6 @@ from jaxlm import config as jaxlm_config
 from jaxlm.data import pipeline
 from jaxlm import models
 from jaxlm.models.transformer import Execution, TransformerConfig, check_splash_length, layer_layout
-from jaxlm.steps import eval_step
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -232,8 +230,7 @@ class Experiment:
     # ------------------------------------------------------------------ evaluation
 
     def eval_fn(self, param_shardings):
-        return jax.jit(functools.partial(eval_step, model=self.model, loss=self.task.loss),
-                       in_shardings=(param_shardings, sharding.batch_sharding(self.mesh)))
+        return self.task.eval_step(self.model, param_shardings, self.mesh)
 
     def evaluate(self, eval_fn, params, examples, batch_size: int) -> dict[str, float]:
         """One pass over every example exactly once (the last batch padded with weight 0)."""

@@ -4,6 +4,7 @@
     model.predict(["a small furry animal"], top=3)       # [[(label, probability), ...]] per text
     model.evaluate("test")                               # the task's metrics on a split of config.data.dataset
     model.embed(texts, pooling="mean")                   # (texts, hidden) float32: 'pooled' or 'mean'
+    model.score(texts)                                   # (texts,) float32: a reward model's rewards
     model.generate(["Once upon a time"], max_new_tokens=64, temperature=0.7, top_p=0.9)   # a decoder's
 
 The model runs data parallel over the local devices unless `mesh.*` overrides say otherwise, with the attention
@@ -103,6 +104,16 @@ class Model:
             raise ValueError(f"{self.workdir}: predict needs a fine-tuned classifier (task 'classify')")
         scores = self._run(texts, lambda outputs, batch: self.experiment.task.predict(outputs))
         return [[(self.label_names[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:top]] for p in scores]
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        """(texts,) float32: a reward model's reward of each text (task 'reward'; unnormalised, its
+        reward_normalization.json has the mean and std over training pairs)."""
+        if self.config.task.name != "reward":
+            raise ValueError(f"{self.workdir}: score needs a reward model (task 'reward'), this workdir holds task "
+                             f"{self.config.task.name!r}")
+        if not texts:
+            return np.zeros(0, np.float32)
+        return self._run(texts, lambda outputs, batch: outputs["reward"]).astype(np.float32)
 
     def embed(self, texts: list[str], pooling: str = "pooled") -> np.ndarray:
         """(texts, hidden) float32: BERT's pooled output ('pooled': tanh dense on [CLS]) or the mean of the last

@@ -132,6 +132,22 @@ class Monitor:
         else:
             self._bar.write(f"[{split} @ step {step}] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
+    def samples(self, step: int, records: list[dict]) -> None:
+        """Texts a task made (a rollout's completions), to samples.jsonl and TensorBoard's text tab."""
+        if not self.enabled or not records:
+            return
+        with open(self.workdir / "samples.jsonl", "a") as f:
+            f.writelines(json.dumps({"step": step, **r}) + "\n" for r in records)
+
+        def cell(v) -> str:  # a markdown table's cell
+            return f"{v:.3g}" if isinstance(v, float) else str(v).replace("|", "\\|").replace("\n", " ")
+
+        keys = list(records[0])
+        table = [" | ".join(keys), " | ".join("---" for _ in keys), *(" | ".join(cell(r[k]) for k in keys)
+                                                                      for r in records)]
+        self._tb.add_text("samples", "\n".join(table), step)
+        self._tb.flush()
+
     def advance(self, step: int) -> None:
         if self.enabled:
             self._bar.update(step - self._bar.n)

@@ -162,6 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     final["train"], nonfinite = window.close(exp.task.summarize, {
                         "learning_rate": float(learning_rate(step - 1)), "skipped_updates": int(state.skipped)})
                     mon.write(step, "train", final["train"])
+                    mon.samples(step, exp.task.samples())
                     if nonfinite and t.on_nonfinite == "stop":
                         stop = "nonfinite"
                         mon.message(f"non-finite loss or gradient at step {step}: stopping; the state holds the "

@@ -1,5 +1,7 @@
-"""Test setup shared by every test: 8 fake CPU devices, set once before jax is imported; the `data_env` fixture."""
+"""Test setup shared by every test: 8 fake CPU devices, set once before jax is imported; the `data_env` and `decoder`
+fixtures."""
 
+import json
 import os
 import tempfile
 
@@ -31,3 +33,30 @@ def data_env(tmp_path_factory):
         os.environ.pop("JAXLM_DATA_DIR")
     else:
         os.environ["JAXLM_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def decoder(data_env, tmp_path_factory):
+    """A tiny decoder pretrained for a few steps (the policy's and the reference's start) and a planted preference:
+    every chosen answer says 'yes' at length, every rejected one 'no' (more likely, being short)."""
+    from jaxlm import config as jaxlm_config
+    from jaxlm import train
+    from jaxlm.data.tokenizer import train_tokenizer_from_dataset
+
+    root = tmp_path_factory.mktemp("decoder")
+    train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, model_type="byte_bpe", out_dir=root / "bpe",
+                                 max_sentences=4000)
+    c = jaxlm_config.load("experiments/gpt_cpu.py:pretrain")
+    for key, value in {
+        "model.preset": "gpt-tiny", "model.max_position_embeddings": 64, "data.max_seq_length": 32,
+        "data.batch_size": 16, "data.tokenizer": str(root / "bpe"), "data.eval_split": "", "optim.warmup_steps": 2,
+        "train.num_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4}.items():
+        section, name = key.split(".")
+        with c[section].ignore_type():
+            c[section][name] = value
+    train.train_and_evaluate(c, root / "pretrain")
+    for split, count in (("train", 64), ("validation", 24)):
+        rows = [{"prompt": f"Is {i} a number?", "chosen": f" yes, {i} is a number.", "rejected": " no."}
+                for i in range(count)]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

@@ -128,27 +128,6 @@ def _metrics(workdir, split):
             if json.loads(line)["split"] == split]
 
 
-@pytest.fixture(scope="module")
-def decoder(data_env, tmp_path_factory):
-    """A tiny decoder pretrained for a few steps (the policy's and the reference's start) and a planted preference:
-    every chosen answer says 'yes' at length, every rejected one 'no' (more likely, being short)."""
-    from jaxlm.data.tokenizer import train_tokenizer_from_dataset
-
-    root = tmp_path_factory.mktemp("dpo")
-    train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, model_type="byte_bpe", out_dir=root / "bpe",
-                                 max_sentences=4000)
-    c = _set(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
-        "model.preset": "gpt-tiny", "model.max_position_embeddings": 64, "data.max_seq_length": 32,
-        "data.batch_size": 16, "data.tokenizer": str(root / "bpe"), "data.eval_split": "", "optim.warmup_steps": 2,
-        "train.num_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4})
-    train.train_and_evaluate(c, root / "pretrain")
-    for split, count in (("train", 64), ("validation", 24)):
-        rows = [{"prompt": f"Is {i} a number?", "chosen": f" yes, {i} is a number.", "rejected": " no."}
-                for i in range(count)]
-        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
 def _dpo_config(root, **fields):
     return _set(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
         "task.name": "dpo", "model.init_from": f"jaxlm:{root / 'pretrain'}", "data.tokenizer": "init",

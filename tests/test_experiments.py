@@ -30,6 +30,7 @@ VARIANTS = {
     "sweep_wordnet_lexname.py": ("finetune", "scratch"),
     "sentiment.py": ("binary", "regression", "reward", "pretrained", "scratch"),
     "gpt_cpu.py": ("pretrain", "movies"),
+    "rlhf_sentiment.py": ("pretrain", "sft", "reward", "judge", "dpo", "rl", "rl_nokl"),
 }
 SPECS = [f"{name}:{variant}" for name, variants in VARIANTS.items() for variant in variants]
 

@@ -9,6 +9,10 @@ attends only within its own document, positions restart at each, and the first t
 Supervised fine-tuning (`sft_examples`): one pair per row, `prompt response <eos>`, right-padded; the targets are
 the response and its end of text only.
 
+Prompts for on-policy RL (`prompt_examples`): the first `prompt_tokens` tokens of each text, left-padded (as
+`jaxlm.generate` continues them); a batch is input_ids, attention_mask (batch, prompt_tokens) int32 and
+prompt_weight (batch,) float32 (0 on padding rows).
+
 A batch: input_ids, attention_mask, segment_ids (batch, length) int32, targets (batch, length) int32 (the next
 token), target_weights (batch, length) float32 (1 where the position's next token is a target).
 """
@@ -144,3 +148,39 @@ def sft_examples(source, *, prompt_field: str, response_field: str, tokenizer, m
         prompts.append(prompt)
         responses.append(response)
     return SFTExamples(prompts, responses, max_seq_length, tokenizer.eos_id, tokenizer.pad_id)
+
+
+class PromptExamples:
+    """The opening tokens of texts, one prompt per row, left-padded to `prompt_tokens`."""
+
+    def __init__(self, prompts: list[np.ndarray], prompt_tokens: int, pad_id: int):
+        self.prompts, self.max_seq_length, self.pad_id = prompts, prompt_tokens, pad_id
+        self.pad_lengths = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batch(self, indices: np.ndarray, epoch: int, length: int) -> dict[str, np.ndarray]:
+        """Rows `indices` (batch,); index -1 gives a blank row of weight 0."""
+        from jaxlm.generate import left_pad
+
+        indices = np.asarray(indices)
+        ids, mask = left_pad([self.prompts[i].tolist() if i >= 0 else [] for i in indices.tolist()], self.pad_id, length)
+        return {"input_ids": ids, "attention_mask": mask, "prompt_weight": (indices >= 0).astype(np.float32)}
+
+
+def prompt_examples(source, *, text_field: str, tokenizer, prompt_tokens: int) -> PromptExamples:
+    """The first `prompt_tokens` tokens of every text of a random-access source; an empty text is refused, naming
+    its row (a prompt of no tokens would start from nothing the data chose)."""
+    require_eos(tokenizer)
+    # the opening 32 characters a token suffice (no token is longer): a long review is not tokenised whole
+    texts = [records.as_text(records.field(record, text_field))[:32 * prompt_tokens]
+             for record in records.iter_records(source)]
+    prompts = []
+    for start in range(0, len(texts), records.CHUNK):
+        prompts += [np.asarray(ids[:prompt_tokens], np.int32) for ids in
+                    tokenizer.encode(texts[start:start + records.CHUNK])]
+    for k, ids in enumerate(prompts):
+        if not len(ids):
+            raise ValueError(f"example {k}: its {text_field!r} is empty; a prompt needs at least one token")
+    return PromptExamples(prompts, prompt_tokens, tokenizer.pad_id)

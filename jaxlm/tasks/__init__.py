@@ -13,9 +13,10 @@ from jaxlm.tasks.classify import Classify
 from jaxlm.tasks.dpo import DPO
 from jaxlm.tasks.pretrain import Pretrain
 from jaxlm.tasks.reward import Reward
+from jaxlm.tasks.rloo import RLOO
 from jaxlm.tasks.task import Task
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify, Reward, CausalLM, SFT, DPO)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Pretrain, Classify, Reward, CausalLM, SFT, DPO, RLOO)}
 
 
 def create(config) -> Task:

@@ -11,7 +11,8 @@ d = (c - c_ref) - (r - r_ref), b = task.beta and eps = task.label_smoothing, `ta
     simpo          -(1 - eps) log s(b (c_avg - r_avg) - gamma) - eps log s(...)   SimPO: no reference at all
 
 (d_avg: each side's log-ratio divided by its response's tokens; c_avg, r_avg the policy's mean log-probability
-per token; gamma = task.simpo_gamma, TRL's CPO trainer's `simpo_gamma`.) The reference is task.reference (or
+per token; gamma = task.simpo_gamma, TRL's CPO trainer's `simpo_gamma`. TRL 1.16's sigmoid ignores label_smoothing,
+having dropped cDPO in v0.29; benchmarks/trl_dpo.py checks the rest against TRL itself.) The reference is task.reference (or
 model.init_from): its log-probabilities are computed once per split before training, on the packed rows the
 policy sees, and cached on disk under a hash of the reference's parameters and the rows; a step costs one
 policy forward-backward.
@@ -23,7 +24,6 @@ logps/rejected (the policy's summed log-probabilities), means over pairs.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 
@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from jaxlm.tasks.causal_lm import CausalLM
+from jaxlm.tasks.reference import frozen_decoder, reference_of
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,10 @@ class DPO(CausalLM):
         """Where the reference model comes from ('jaxlm:WORKDIR' or 'hf:DIR'); None for SimPO."""
         if self.config.task.loss_type == "simpo":
             return None
-        reference = self.config.task.reference or self.config.model.init_from
-        if reference in ("", "none"):
-            raise ValueError("config.task.reference: task 'dpo' needs a reference model, 'jaxlm:WORKDIR' or 'hf:DIR' "
-                             "(by default config.model.init_from, which is 'none'); loss_type 'simpo' needs none")
-        return reference
+        try:
+            return reference_of(self.config)
+        except ValueError as e:
+            raise ValueError(f"{e}; loss_type 'simpo' needs none") from None
 
     def examples(self, tokenizer, split: str):
         from jaxlm.data.preferences import decoder_pair_examples
@@ -101,17 +101,8 @@ class DPO(CausalLM):
         from tqdm import tqdm
 
         from jaxlm.data import array_cache, pipeline
-        from jaxlm.experiment import model_config_from
 
-        config = copy.deepcopy(self.config)
-        config.model.init_from = self.reference
-        try:
-            model_config, params = model_config_from(config, vocab_size)
-        except ValueError as e:
-            raise ValueError(f"config.task.reference={self.reference}: {e}") from None
-        if "gpt" not in params:
-            raise ValueError(f"config.task.reference={self.reference}: not a decoder (no 'gpt' parameters); the "
-                             "reference is the policy's starting point, a causal_lm or sft workdir")
+        model_config, params = frozen_decoder(self.config, vocab_size)
         model, p = self.model(model_config, None), self.config.task.pairs_per_row
 
         def build() -> dict[str, np.ndarray]:

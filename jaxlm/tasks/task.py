@@ -13,7 +13,11 @@ A task is bound to the run's config when it is made (`jaxlm.tasks.create(config)
     flops_per_example(model_config, L) model FLOPs of one training example at length L (for MFU)
     predict(outputs)                   what prediction returns per example, from the model's outputs
     train_step(model, tx, mesh, shardings, accumulate)
-                                       the jitted step (state, batch, rng) -> (state, metric sums)
+                                       the step (state, batch, rng) -> (state, metric sums): by default jitted
+    eval_step(model, param_shardings, mesh)
+                                       the evaluation (params, batch) -> metric sums: by default the jitted loss
+    samples()                          texts the task made since it was last asked (a rollout's), as records for
+                                       the trainer to write at each log line (samples.jsonl, TensorBoard)
     model_files(evaluate, train)       {file name: JSON} saved beside the model when training ends, made with
                                        evaluate(examples) -> the task's metrics (a reward's normalisation)
 
@@ -21,15 +25,19 @@ Metric sums are `jaxlm.metric_sums`': sums over examples, or extremes named min_
 
 What the tasks to come take from it, without a change to the trainer: a task of another model family (a decoder)
 builds it in `model`; a task whose batches hold prompts only says so in `examples` and `batch_spec`; a task with
-frozen auxiliary parameters (a reference or a reward model) loads them when it is made and binds them into its
-own `train_step` (on-policy RL generates inside its iteration the same way); the default step is `jaxlm.steps`'.
+frozen auxiliary parameters (a reference or a reward model) loads them when its step is made and binds them into
+its own `train_step`; on-policy RL (`jaxlm.tasks.rloo`) makes its step a host function of jitted parts, generating,
+scoring and updating, and its evaluation one that generates and scores. The default steps are `jaxlm.steps`'.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
-from jaxlm import monitor, steps
+import jax
+
+from jaxlm import monitor, sharding, steps
 
 
 class Task:
@@ -92,6 +100,13 @@ class Task:
 
     def train_step(self, model, tx, mesh, shardings, accumulate: int):
         return steps.jit_train_step(model, self.loss, tx, mesh, shardings, accumulate)
+
+    def eval_step(self, model, param_shardings, mesh):
+        return jax.jit(functools.partial(steps.eval_step, model=model, loss=self.loss),
+                       in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
+
+    def samples(self) -> list[dict]:
+        return []
 
     def model_files(self, evaluate, train_examples) -> dict[str, dict]:
         return {}
