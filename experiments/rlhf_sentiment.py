@@ -84,6 +84,7 @@ def get_config(variant: str = "rl"):
         c.task.name = "dpo"
         c.data.dataset, c.data.path = "local_preferences", str(ROOT / "pairs")
         c.data.text_fields = ("prompt", "chosen")
+        c.data.eval_split = "validation"
         c.data.max_seq_length = 64
         c.task.pairs_per_row = 2
         c.data.batch_size = 16

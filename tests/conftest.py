@@ -42,18 +42,15 @@ def decoder(data_env, tmp_path_factory):
     from jaxlm import config as jaxlm_config
     from jaxlm import train
     from jaxlm.data.tokenizer import train_tokenizer_from_dataset
+    from tiny import set_fields
 
     root = tmp_path_factory.mktemp("decoder")
     train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, model_type="byte_bpe", out_dir=root / "bpe",
                                  max_sentences=4000)
-    c = jaxlm_config.load("experiments/gpt_cpu.py:pretrain")
-    for key, value in {
+    c = set_fields(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
         "model.preset": "gpt-tiny", "model.max_position_embeddings": 64, "data.max_seq_length": 32,
         "data.batch_size": 16, "data.tokenizer": str(root / "bpe"), "data.eval_split": "", "optim.warmup_steps": 2,
-        "train.num_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4}.items():
-        section, name = key.split(".")
-        with c[section].ignore_type():
-            c[section][name] = value
+        "train.num_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4})
     train.train_and_evaluate(c, root / "pretrain")
     for split, count in (("train", 64), ("validation", 24)):
         rows = [{"prompt": f"Is {i} a number?", "chosen": f" yes, {i} is a number.", "rejected": " no."}

@@ -14,6 +14,7 @@ from jaxlm import config as jaxlm_config
 from jaxlm.data.preferences import DecoderPairs
 from jaxlm.tasks import dpo
 from minilm import minilm_dir
+from tiny import set_fields
 
 
 class _Chars:
@@ -115,21 +116,13 @@ def test_bad_settings_are_refused_before_anything_runs():
         dpo.DPO(config).reference
 
 
-def _set(c, fields):
-    for key, value in fields.items():
-        section, name = key.split(".")
-        with c[section].ignore_type():
-            c[section][name] = value
-    return c
-
-
 def _metrics(workdir, split):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
             if json.loads(line)["split"] == split]
 
 
 def _dpo_config(root, **fields):
-    return _set(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
+    return set_fields(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
         "task.name": "dpo", "model.init_from": f"jaxlm:{root / 'pretrain'}", "data.tokenizer": "init",
         "data.dataset": "local_preferences", "data.path": str(root), "data.text_fields": ("prompt", "chosen"),
         "data.max_seq_length": 48, "data.batch_size": 8, "data.eval_batch_size": 16, "data.eval_split": "validation",

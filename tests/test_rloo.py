@@ -14,6 +14,7 @@ from jaxlm import checkpoint, cli, train
 from jaxlm import config as jaxlm_config
 from jaxlm.tasks import rloo
 from minilm import minilm_dir
+from tiny import set_fields
 
 
 def test_advantages_are_leave_one_out_or_group_normalised():
@@ -62,14 +63,6 @@ def test_the_clipped_loss_is_trls_and_raises_the_better_completion():
     assert float(np.sum(np.asarray(grad) * onehot)) < 0
 
 
-def _set(c, fields):
-    for key, value in fields.items():
-        section, name = key.split(".")
-        with c[section].ignore_type():
-            c[section][name] = value
-    return c
-
-
 @pytest.fixture(scope="module")
 def reward_workdir(data_env, decoder, tmp_path_factory):
     """A tiny BERT reward model preferring 'yes' answers to 'no', 30 steps."""
@@ -77,7 +70,7 @@ def reward_workdir(data_env, decoder, tmp_path_factory):
     rows = [{"chosen": f"Is {i} a number? yes, {i} is a number.", "rejected": f"Is {i} a number? no."}
             for i in range(96)]
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    c = _set(jaxlm_config.load("experiments/sentiment.py:reward"), {
+    c = set_fields(jaxlm_config.load("experiments/sentiment.py:reward"), {
         "model.init_from": "none", "model.preset": "bert-L2-H128", "model.max_position_embeddings": 64,
         "data.tokenizer": str(data_env / "tok"), "data.dataset": "local_preferences", "data.path": str(root),
         "data.max_seq_length": 32, "data.eval_split": "", "data.test_split": "", "data.batch_size": 16,
@@ -88,7 +81,7 @@ def reward_workdir(data_env, decoder, tmp_path_factory):
 
 
 def _rloo_config(decoder, reward, **fields):
-    return _set(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
+    return set_fields(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
         "task.name": "rloo", "model.init_from": f"jaxlm:{decoder / 'pretrain'}", "data.tokenizer": "init",
         "task.reward_model": str(reward), "data.dataset": "local_preferences", "data.path": str(decoder),
         "data.text_fields": ("prompt",), "data.max_seq_length": 24, "task.prompt_tokens": 8,

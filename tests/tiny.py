@@ -21,7 +21,12 @@ def tiny(variant: str, data_env, **fields):
     if variant != "pretrain":
         overrides.update({"data.buckets": (16,), "data.test_split": "test[:64]"})
     overrides.update(fields)
-    for key, value in overrides.items():
+    return set_fields(c, overrides)
+
+
+def set_fields(c, fields: dict):
+    """c with {'section.field': value} set, whatever the value's type."""
+    for key, value in fields.items():
         node = c
         *parents, leaf = key.split(".")
         for p in parents:

@@ -57,23 +57,31 @@ class PreferenceExamples:
         return x
 
 
-def preference_examples(
-    source, *, tokenizer, text_fields: Sequence[str], max_seq_length: int, buckets: Sequence[int] = (),
-    cache_dir: str | None = None, name: str | None = None,
-) -> PreferenceExamples:
-    """The pairs of a source with `chosen` and `rejected` (and `prompt`) fields. `text_fields` are the chosen
-    side's, ('chosen',) or ('prompt', 'chosen'); the rejected side's are the same with 'rejected'."""
+def pair_fields(source, text_fields: Sequence[str], expected: str) -> list[str]:
+    """`text_fields` checked against a preference source's fields: ('chosen',) or ('prompt', 'chosen')."""
     fields = list(text_fields)
     features = set(source.dataset_info.features)
     if fields not in (["chosen"], ["prompt", "chosen"]):
-        raise ValueError(f"config.data.text_fields={tuple(fields)}: a reward model reads ('chosen',), or "
-                         "('prompt', 'chosen') for explicit prompts (the rejected side is the same with 'rejected')")
+        raise ValueError(f"config.data.text_fields={tuple(fields)}: {expected} (the rejected side is the same with "
+                         "'rejected')")
     missing = {"chosen", "rejected", *fields} - features
     if missing:
         raise KeyError(f"no field {sorted(missing)[0]!r} in the dataset's records (a preference dataset has "
                        f"chosen and rejected); fields: {', '.join(sorted(features))}")
     if "prompt" in features and "prompt" not in fields:
         raise ValueError("the dataset has prompts: set config.data.text_fields=('prompt', 'chosen')")
+    return fields
+
+
+def preference_examples(
+    source, *, tokenizer, text_fields: Sequence[str], max_seq_length: int, buckets: Sequence[int] = (),
+    cache_dir: str | None = None, name: str | None = None,
+) -> PreferenceExamples:
+    """The pairs of a source with `chosen` and `rejected` (and `prompt`) fields. `text_fields` are the chosen
+    side's, ('chosen',) or ('prompt', 'chosen'); the rejected side's are the same with 'rejected'."""
+    fields = pair_fields(source, text_fields, "a reward model reads ('chosen',), or ('prompt', 'chosen') for "
+                                              "explicit prompts")
+    features = set(source.dataset_info.features)
     sides = [classification_examples(source, tokenizer=tokenizer, text_fields=fields[:-1] + [side], label_field=None,
                                      max_seq_length=max_seq_length, buckets=buckets, cache_dir=cache_dir, name=name)
              for side in ("chosen", "rejected")]
@@ -167,17 +175,8 @@ def decoder_pair_examples(source, *, tokenizer, text_fields: Sequence[str], max_
     from jaxlm.data.causal_lm import require_eos
 
     require_eos(tokenizer)
-    fields = list(text_fields)
-    features = set(source.dataset_info.features)
-    if fields not in (["chosen"], ["prompt", "chosen"]):
-        raise ValueError(f"config.data.text_fields={tuple(fields)}: preference fine-tuning reads ('prompt', "
-                         "'chosen'), or ('chosen',) for whole texts (the rejected side is the same with 'rejected')")
-    missing = {"chosen", "rejected", *fields} - features
-    if missing:
-        raise KeyError(f"no field {sorted(missing)[0]!r} in the dataset's records (a preference dataset has "
-                       f"chosen and rejected); fields: {', '.join(sorted(features))}")
-    if "prompt" in features and "prompt" not in fields:
-        raise ValueError("the dataset has prompts: set config.data.text_fields=('prompt', 'chosen')")
+    fields = pair_fields(source, text_fields, "preference fine-tuning reads ('prompt', 'chosen'), or ('chosen',) "
+                                              "for whole texts")
     eos = np.asarray([tokenizer.eos_id], np.int32)
     sides, truncated = [], 0
     for k, record in enumerate(records.iter_records(source)):
