@@ -32,7 +32,11 @@ Stages (workdirs/rlhf/STAGE; each a variant of this config, except pairs and eva
   the completions (fluency), distinct 1- and 2-grams (diversity); evaluation.json, samples.md and reward_vs_kl.png.
 
 A prompt is the first PROMPT_TOKENS tokens of a sentence; completions are up to NEW_TOKENS tokens.
-Measured: see README.md's "Fine-tuning from human feedback" (numbers, samples and the plot).
+Measured (2 CPU cores; README.md's "Fine-tuning from human feedback" has the table, samples and times): on 512
+held-out prompts the judge scores SFT -0.24, DPO +0.00, RLOO +0.59 (win rate 0.72 against SFT, KL 5.2 nats, SFT's
+perplexity of its samples 49.9 against SFT's own 60.2); without the KL penalty +0.39, KL 108 nats, perplexity 247:
+reward hacking ("and and and ..."). Pretraining -> SFT -> DPO / RL -> evaluation about 21 min reusing the reward
+models; the whole chain about 38 min.
 """
 
 from __future__ import annotations
@@ -220,15 +224,16 @@ def evaluate() -> dict:
     (ROOT / "samples.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    colour = {"sft": "C0", "dpo": "C1", "rl": "C2", "rl_nokl": "C3"}
     for name in ("rl", "rl_nokl"):
         file = ROOT / name / "metrics.jsonl"
         train = [r for r in map(json.loads, file.read_text().splitlines()) if r["split"] == "train"] \
             if file.exists() else []
         if train:
             ax.plot([r["kl"] * r["completions/mean_length"] for r in train], [r["score"] for r in train], alpha=0.4,
-                    label=f"{name} training (reward model, normalised)")
+                    color=colour[name], label=f"{name} training (every 10 steps)")
     for name, r in results.items():
-        ax.scatter([r["kl"]], [r["reward"]], s=40, label=f"{name} held out")
+        ax.scatter([r["kl"]], [r["reward"]], s=40, color=colour[name], label=f"{name} on held-out prompts")
     ax.set_xlabel("KL to the SFT reference, per completion (nats)")
     ax.set_ylabel("reward (normalised)")
     ax.legend(fontsize=7)
