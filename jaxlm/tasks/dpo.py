@@ -25,7 +25,6 @@ logps/rejected (the policy's summed log-probabilities), means over pairs.
 from __future__ import annotations
 
 import hashlib
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +33,6 @@ import optax
 
 from jaxlm.tasks.causal_lm import CausalLM
 from jaxlm.tasks.reference import frozen_decoder, reference_of
-
-log = logging.getLogger(__name__)
 
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "sigmoid_norm", "simpo")
 SMOOTHED = ("sigmoid", "robust", "simpo")  # the losses label_smoothing applies to

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +94,7 @@ class RLOO(Task):
             raise ValueError(f"config.task.prompt_tokens={t.prompt_tokens} + max_new_tokens={t.max_new_tokens}: "
                              f"expected both >= 1 and at most data.max_seq_length={d.max_seq_length} together")
         self._samples: list[dict] = []
+        self._frozen: _Frozen | None = None
 
     def model(self, model_config, label_names):
         # no dropout, as TRL's disable_dropout: the log-probabilities of the update are those the rollout sampled
@@ -154,10 +156,8 @@ class RLOO(Task):
     def frozen(self, model, mesh) -> "_Frozen":
         """The parts a rollout needs besides the policy, loaded once: the reward model and its normalisation, the
         reference, and the jitted forwards of both decoders."""
-        if getattr(self, "_frozen", None) is not None:
+        if self._frozen is not None:
             return self._frozen
-        import pathlib
-
         from jaxlm import inference
         from jaxlm.experiment import load_config
 
