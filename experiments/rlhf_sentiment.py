@@ -23,8 +23,8 @@ Stages (workdirs/rlhf/STAGE; each a variant of this config, except pairs and eva
   does not count). (Part 1's workdirs/sentiment/reward, trained on all the pairs, could stand in for `reward`.)
 - `pairs`: the SFT model's two samples for each of 2,048 train prompts, the one `reward` scores higher chosen;
   `dpo`: DPO (sigmoid, beta 0.1) on them from the SFT model.
-- `rl`: RLOO from the SFT model against `reward`, KL penalty beta 0.05 to the SFT model; `rl_nokl`: the same
-  with beta 0.
+- `rl`: RLOO from the SFT model against `reward`, KL penalty beta 0.05 to the SFT model, 250 steps of 16 prompts x 4
+  completions; `rl_nokl`: the same with beta 0.
 - `evaluate`: one completion per held-out prompt (the test split's opening words, kept out of every stage's data)
   at temperature 0.7 from each model; the judge's score on the human -4..+4 scale (calibrated linearly to the mean
   human ratings of the validation sentences), the win rate against SFT (a higher judge score on the same prompt, ties
@@ -33,10 +33,11 @@ Stages (workdirs/rlhf/STAGE; each a variant of this config, except pairs and eva
 
 A prompt is the first PROMPT_TOKENS tokens of a sentence; completions are up to NEW_TOKENS tokens.
 Measured (2 CPU cores; README.md's "Fine-tuning from human feedback" has the table, samples and times): on 512
-held-out prompts the judge scores SFT -0.24, DPO +0.00, RLOO +0.59 (win rate 0.72 against SFT, KL 5.2 nats, SFT's
-perplexity of its samples 49.9 against SFT's own 60.2); without the KL penalty +0.39, KL 108 nats, perplexity 247:
-reward hacking ("and and and ..."). Pretraining -> SFT -> DPO / RL -> evaluation about 21 min reusing the reward
-models; the whole chain about 38 min.
+held-out prompts the judge scores SFT -0.24, DPO +0.00, RLOO +1.47 (+1.71 above SFT, win rate 0.93, KL 10.5 nats,
+SFT's perplexity of its samples 66.9 against 60.2 of SFT's own; but 5-token completions, mostly "good"); without
+the KL penalty +1.74 with KL 162 nats and perplexity 968: "and and andful andious ...", reward hacking that fools
+the judge too. Pretraining -> SFT -> DPO / RL -> evaluation about 27 min reusing the reward models; the whole
+chain about 50 min.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ def get_config(variant: str = "rl"):
     c.task.num_generations = 4
     c.data.batch_size = 16  # prompts: 64 completions a step
     c.data.eval_batch_size = 64
-    c.optim.learning_rate = 5e-5
+    c.optim.learning_rate = 1e-4  # 5e-5 for 150 steps: +0.83 above SFT on the judge's scale, win rate 0.72
     c.optim.warmup_steps = 10
-    c.train.num_steps = 150
+    c.train.num_steps = 250
     return c
 
 
