@@ -108,7 +108,9 @@ class Model:
     def score(self, texts: list[str]) -> np.ndarray:
         """(texts,) float32: a reward model's reward of each text (task 'reward'; unnormalised, its
         reward_normalization.json has the mean and std over training pairs)."""
-        if self.config.task.name != "reward":
+        from jaxlm.models.bert import BertRewardModel
+
+        if not isinstance(self.experiment.model, BertRewardModel):
             raise ValueError(f"{self.workdir}: score needs a reward model (task 'reward'), this workdir holds task "
                              f"{self.config.task.name!r}")
         if not texts:
