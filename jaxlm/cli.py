@@ -119,6 +119,10 @@ def _train(args, overrides: list[str]) -> int:
         print(f"jaxlm {args.command}: stopped: non-finite loss or gradient before step {final['step']}; its last "
               f"good state is saved in {args.workdir}/checkpoints/{final['step']}", file=sys.stderr)
         return 1
+    if final.get("stopped") == "interrupted":  # Ctrl-C: saved, as a preemption is; the shell's status of SIGINT
+        print(f"jaxlm {args.command}: interrupted at step {final['step']}; its checkpoint is saved in "
+              f"{args.workdir}/checkpoints: run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -141,15 +145,16 @@ def _convert(args) -> int:
 
 
 def _texts(args) -> list[str]:
-    """The texts of predict or generate: its arguments, then the lines of --file (or stdin)."""
+    """The texts of predict or generate: its arguments, then the lines of --file (or stdin), each line one text
+    (a blank line an empty one: the output keeps one line per input line)."""
     texts = list(args.texts)
     if args.file == "-":
-        texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        texts += [line.rstrip("\r\n") for line in sys.stdin]
     elif args.file:
         with open(args.file, encoding="utf-8") as f:
-            texts += [line.rstrip("\n") for line in f if line.strip()]
+            texts += [line.rstrip("\r\n") for line in f]
     elif not texts and not sys.stdin.isatty():
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        texts = [line.rstrip("\r\n") for line in sys.stdin]
     if not texts:
         raise ValueError(f"{args.command}: give texts as arguments, with --file, or on stdin")
     return texts
@@ -159,8 +164,10 @@ def _predict(args, overrides: list[str]) -> int:
     from jaxlm import inference
 
     texts = _texts(args)
-    for text, ranked in zip(texts, inference.load(args.workdir, *overrides).predict(texts, top=args.top)):
-        print("\t".join(f"{label}\t{prob:.4f}" for label, prob in ranked) + f"\t{text}")
+    model = inference.load(args.workdir, *overrides)
+    empty = ["\t"] * min(args.top, len(model.label_names or ()))  # an empty text's: empty labels and probabilities
+    for text, ranked in zip(texts, model.predict(texts, top=args.top)):
+        print("\t".join([f"{label}\t{prob:.4f}" for label, prob in ranked] or empty) + f"\t{text}")
     return 0
 
 
@@ -237,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, KeyError, ImportError) as e:  # OSError: files, disks, network (with the path)
         print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves first): nothing half-written is kept
+        print(f"jaxlm {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 1
 
 

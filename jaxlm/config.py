@@ -26,7 +26,10 @@ def load(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"--config {spec}: no such file {file}")
     module_spec = importlib.util.spec_from_file_location(f"jaxlm_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:  # (its own message: the line, not the frames of importlib)
+        raise ConfigError(f"--config {spec}: {file}:{e.lineno}: {e.msg}: {(e.text or '').strip()!r}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{file}: defines no get_config()")
     try:

@@ -72,6 +72,11 @@ def tokenizer_source(config) -> str:
     if config.data.tokenizer != "init":
         return config.data.tokenizer
     kind, _, where = config.model.init_from.partition(":")
+    if kind not in ("hf", "jaxlm"):
+        raise ValueError(f"config.data.tokenizer='init' takes model.init_from's tokenizer, but model.init_from="
+                         f"{config.model.init_from!r} is not 'hf:DIR' or 'jaxlm:WORKDIR'")
+    if not pathlib.Path(where).is_dir():
+        raise FileNotFoundError(f"config.model.init_from={config.model.init_from!r}: no such directory {where}")
     return where if kind == "hf" else str(pathlib.Path(where) / "tokenizer")
 
 
@@ -240,7 +245,7 @@ class Experiment:
             for batch in pipeline.eval_batches(examples, batch_size, process_index=index, process_count=count):
                 sums = eval_fn(params, sharding.global_batch(batch, self.mesh))
                 faults.hit("eval")
-                totals = sums if totals is None else metric_sums.merge(totals, sums)
+                totals = sums if totals is None else metric_sums.merge_compiled(totals, sums)
         return self.task.summarize(jax.device_get(totals))
 
 

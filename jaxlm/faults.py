@@ -75,12 +75,17 @@ def _hit(point: str, step: int | None = None) -> None:
     action = _plan.get((point, step))
     if action is None:
         return
+    if action == "pause":  # until a signal comes (a test sends a real SIGTERM or SIGINT from outside once it
+        awaited = {signal.SIGTERM, signal.SIGINT}  # reads the line): blocked first, so none comes before the wait
+        signal.pthread_sigmask(signal.SIG_BLOCK, awaited)
+        print(f"jaxlm fault injection: {action} at {point}:{step}", file=sys.stderr, flush=True)
+        signum = signal.sigwait(awaited)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, awaited)
+        signal.raise_signal(signum)  # its handler runs now
+        return
     print(f"jaxlm fault injection: {action} at {point}:{step}", file=sys.stderr, flush=True)
     if action == "ioerror":
         raise OSError(errno.EIO, os.strerror(errno.EIO) + " (injected)", f"{point}:{step}")
-    if action == "pause":
-        signal.pause()  # until a signal's handler has run: a test sends a real SIGTERM from outside
-        return
     os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGTERM)
     if action == "kill":
         signal.pause()  # SIGKILL is never late, but nothing more of this process may run

@@ -15,6 +15,7 @@ path of this platform ('auto'): a model trained on a data=2 x tensor=4 mesh give
 from __future__ import annotations
 
 import functools
+import logging
 import pathlib
 
 import jax
@@ -24,6 +25,8 @@ import numpy as np
 from jaxlm import checkpoint, sharding
 from jaxlm.data import pipeline
 from jaxlm.experiment import Experiment
+
+log = logging.getLogger(__name__)
 
 
 def load(workdir: str | pathlib.Path, *overrides: str) -> "Model":
@@ -102,8 +105,14 @@ class Model:
             raise ValueError(f"--top {top}: expected a number of labels >= 1")
         if not self.label_names:
             raise ValueError(f"{self.workdir}: predict needs a fine-tuned classifier (task 'classify')")
-        scores = self._run(texts, lambda outputs, batch: self.experiment.task.predict(outputs))
-        return [[(self.label_names[i], float(p[i])) for i in np.argsort(-p, kind="stable")[:top]] for p in scores]
+        given = [i for i, t in enumerate(texts) if t.strip()]  # an empty text has no prediction: []
+        head = lambda outputs, batch: self.experiment.task.predict(outputs)  # noqa: E731
+        scores = iter(self._run([texts[i] for i in given], head))
+        ranked = [[]] * len(texts)
+        for i in given:
+            p = next(scores)
+            ranked[i] = [(self.label_names[j], float(p[j])) for j in np.argsort(-p, kind="stable")[:top]]
+        return ranked
 
     def score(self, texts: list[str]) -> np.ndarray:
         """(texts,) float32: a reward model's reward of each text (task 'reward'; unnormalised, its
@@ -141,6 +150,9 @@ class Model:
             r.setdefault(fields[-1], "")
         arrays = tokenize_examples(rows, self.tokenizer, fields, None, d.max_seq_length, False)
         examples = ClassificationExamples(arrays, d.max_seq_length, (), SpecialIds.of(self.tokenizer))
+        if examples.num_truncated:
+            log.warning("%d of %d texts are longer than data.max_seq_length=%d tokens: cut to fit (their ends unread)",
+                        examples.num_truncated, len(texts), d.max_seq_length)
         unit = sharding.batch_unit(mesh)
         size = min(d.eval_batch_size, -(-len(texts) // unit) * unit)  # one text: a batch of `unit` rows, not 256
         batches = -(-len(texts) // size)

@@ -74,35 +74,10 @@ def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best / jax.local_device_count()
 
 
-def run_info(config) -> dict:
-    """The config, the git commit and the versions of the libraries: written beside every run."""
-    import flax
-    import optax
-    import orbax.checkpoint
-
-    try:
-        root = pathlib.Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-                     "orbax-checkpoint": orbax.checkpoint.__version__, "python": platform.python_version()},
-        "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
-                    "processes": jax.process_count()},
-        "config": json.loads(config.to_json_best_effort()),
-    }
-
-
 class Monitor:
     """Writes metrics to TensorBoard, metrics.jsonl and the progress bar; plots them at the end."""
 
-    def __init__(self, workdir: pathlib.Path, *, total_steps: int, start_step: int, config, enabled: bool):
+    def __init__(self, workdir: pathlib.Path, *, total_steps: int, start_step: int, enabled: bool):
         self.workdir, self.enabled = workdir, enabled
         self._bar = self._tb = self._jsonl = None
         if not enabled:
@@ -111,7 +86,6 @@ class Monitor:
         from tqdm import tqdm
 
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "run.json").write_text(json.dumps(run_info(config), indent=2) + "\n")
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
         self._jsonl = open(workdir / "metrics.jsonl", "a")
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,

@@ -200,6 +200,10 @@ def check_batch_size(field: str, size: int, mesh: Mesh, accumulate: int = 1) -> 
     """A batch splits evenly over the devices that shard it (data x fsdp), and each device's rows over the
     micro-batches of gradient accumulation (so that no row moves between devices): the one rule, checked by
     the trainer at start-up and by `jaxlm compile`."""
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"config.data.{field}={size}: expected a positive number of rows")
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"config.optim.accumulate={accumulate}: expected a positive number of micro-batches")
     unit = batch_unit(mesh, accumulate)
     if size % unit:
         what = "config.mesh.data*config.mesh.fsdp" + ("*config.optim.accumulate" if accumulate > 1 else "")

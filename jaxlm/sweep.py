@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from jaxlm import config as jaxlm_config
+from jaxlm import workdir as jaxlm_workdir
 
 KEYS = {"variant", "grid", "random", "num_random", "random_seed", "seeds", "metric", "mode"}
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
@@ -197,47 +198,48 @@ def run(config_file: str, workdir: str | pathlib.Path, *, parallel: int = 1, ove
             print(shlex.join(t.command))
         return 0
     root.mkdir(parents=True, exist_ok=True)
-    (root / "sweep.json").write_text(json.dumps({"config": config_file, "spec": spec, "overrides": list(overrides)},
-                                                indent=2) + "\n")
-    running: list[Trial] = []
-    stopping = []
+    with jaxlm_workdir.hold(root):  # one sweep at a time in it (each trial holds its own workdir too)
+        (root / "sweep.json").write_text(json.dumps({"config": config_file, "spec": spec, "overrides": list(overrides)},
+                                                    indent=2) + "\n")
+        running: list[Trial] = []
+        stopping = []
 
-    def stop(signum, frame):
-        stopping.append(signum)
-        for t in running:
-            if t.process.poll() is None:
-                t.process.send_signal(signal.SIGTERM)
+        def stop(signum, frame):
+            stopping.append(signum)
+            for t in running:
+                if t.process.poll() is None:
+                    t.process.send_signal(signal.SIGTERM)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        queue = list(todo)
-        while queue or running:
-            while queue and len(running) < parallel and not stopping:
-                t = queue.pop(0)
-                t.start()
-                running.append(t)
-                print(f"  started  {t.name}", flush=True)
-            if stopping and not running:
-                break
-            time.sleep(poll_s)
-            for t in [t for t in running if t.process.poll() is not None]:
-                running.remove(t)
-                status = t.finish(interrupted=bool(stopping))
-                detail = f": exit {t.process.returncode}, {t.last_line()} (log: {t.dir / 'log.txt'})" \
-                    if status == "crashed" else ""
-                print(f"  {status:8} {t.name}{detail}", flush=True)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    print(format_summary(gather(all_trials, spec, root)))
-    statuses = [t.status["status"] for t in all_trials]
-    crashed = [t.name for t in all_trials if t.status["status"] == "crashed"]
-    if crashed:
-        print(f"{len(crashed)} crashed (run the sweep again to retry them): {', '.join(crashed)}")
-    if stopping:
-        print("sweep interrupted: run the same command again to continue")
-    print(f"results: {root / 'results.csv'}, {root / 'summary.csv'}, {root / 'sweep.png'}")
-    return 0 if all(s == "done" for s in statuses) else 1
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            queue = list(todo)
+            while queue or running:
+                while queue and len(running) < parallel and not stopping:
+                    t = queue.pop(0)
+                    t.start()
+                    running.append(t)
+                    print(f"  started  {t.name}", flush=True)
+                if stopping and not running:
+                    break
+                time.sleep(poll_s)
+                for t in [t for t in running if t.process.poll() is not None]:
+                    running.remove(t)
+                    status = t.finish(interrupted=bool(stopping))
+                    detail = f": exit {t.process.returncode}, {t.last_line()} (log: {t.dir / 'log.txt'})" \
+                        if status == "crashed" else ""
+                    print(f"  {status:8} {t.name}{detail}", flush=True)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        print(format_summary(gather(all_trials, spec, root)))
+        statuses = [t.status["status"] for t in all_trials]
+        crashed = [t.name for t in all_trials if t.status["status"] == "crashed"]
+        if crashed:
+            print(f"{len(crashed)} crashed (run the sweep again to retry them): {', '.join(crashed)}")
+        if stopping:
+            print("sweep interrupted: run the same command again to continue")
+        print(f"results: {root / 'results.csv'}, {root / 'summary.csv'}, {root / 'sweep.png'}")
+        return 0 if all(s == "done" for s in statuses) else 1
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import pathlib
 import signal
 import time
@@ -22,6 +23,7 @@ import jax
 import ml_collections
 
 from jaxlm import checkpoint, faults, metric_sums, monitor, sharding
+from jaxlm import workdir as jaxlm_workdir
 from jaxlm.data import pipeline
 from jaxlm.experiment import Experiment, resolve_tokenizer
 from jaxlm.models.transformer import attention_path
@@ -29,31 +31,43 @@ from jaxlm.models.transformer import attention_path
 log = logging.getLogger(__name__)
 
 
-class _Preemption:
-    """SIGTERM (how a TPU VM is preempted) sets a flag; the loop finishes its step, saves and exits.
+class _Stop:
+    """SIGTERM (how a TPU VM is preempted) and Ctrl-C (SIGINT) ask the loop to finish its step, save and exit.
+    A second Ctrl-C exits at once: a save in flight is left unfinished (never read), and a relaunch resumes from
+    the newest complete checkpoint.
 
     With several processes, jax.distributed's preemption service catches SIGTERM instead (a Python handler
     would replace its own): the process that got it tells the others, and all reach the same step to save at.
+    Ctrl-C keeps Python's default there (a KeyboardInterrupt, no save: one host alone must not stop).
     """
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, workdir: pathlib.Path):
+        self.requested: str | None = None  # 'preempted' or 'interrupted'
+        self._workdir = workdir
         self._multihost = jax.process_count() > 1
-        self._previous = None if self._multihost else signal.signal(signal.SIGTERM, self._handle)
+        signals = () if self._multihost else (signal.SIGTERM, signal.SIGINT)
+        self._previous = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.requested == "interrupted":
+            os.write(2, f"\njaxlm: Ctrl-C again: stopped at once; the same command resumes from the newest complete "
+                        f"checkpoint in {self._workdir / 'checkpoints'}\n".encode())
+            os._exit(130)
+        if signum == signal.SIGINT:
+            os.write(2, b"\njaxlm: Ctrl-C: finishing the step and saving (Ctrl-C again to stop at once)\n")
+        self.requested = self.requested or ("interrupted" if signum == signal.SIGINT else "preempted")
 
-    def reached(self, step: int) -> bool:
+    def reached(self, step: int) -> str | None:
+        """Why the run stops after `step` ('preempted', 'interrupted'), or None."""
         if self._multihost:
             from jax.experimental import multihost_utils
 
-            return multihost_utils.reached_preemption_sync_point(step)
+            return "preempted" if multihost_utils.reached_preemption_sync_point(step) else None
         return self.requested
 
     def close(self):
-        if not self._multihost:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 class _Window:
@@ -67,7 +81,7 @@ class _Window:
         self.sums, self.steps, self.flops, self.start = None, 0, 0.0, time.perf_counter()
 
     def add(self, metrics: dict, flops: float) -> None:
-        self.sums = metrics if self.sums is None else metric_sums.merge(self.sums, metrics)
+        self.sums = metrics if self.sums is None else metric_sums.merge_compiled(self.sums, metrics)
         self.steps, self.flops = self.steps + 1, self.flops + flops
 
     def exclude(self, seconds: float) -> None:
@@ -88,10 +102,16 @@ class _Window:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Train per `config` in `workdir`, resuming from its latest checkpoint. Returns the results (results.json):
     step, the last train and eval metrics, test metrics and the baseline at the end, and `stopped` if it stopped
-    early ('preempted', 'nonfinite')."""
+    early ('preempted', 'interrupted', 'nonfinite'). The run holds the workdir: another run on it stops at once."""
     workdir = pathlib.Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise NotADirectoryError(f"--workdir {workdir}: exists and is not a directory")
+    with jaxlm_workdir.hold(workdir):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+    changes = jaxlm_workdir.check_resume(config, workdir)  # another experiment, or other settings: refused now
     d, t = config.data, config.train
     tokenizer = resolve_tokenizer(config, workdir)
     exp = Experiment.from_config(config, tokenizer.vocab_size)
@@ -110,6 +130,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
              *(attention_path(exp.model_config, training=tr, length=d.max_seq_length, platform=platform)
                for tr in (True, False)))
     num_steps = t.num_steps or t.num_epochs * -(-len(train_examples) // d.batch_size)
+    results = workdir / "results.json"
+    if results.exists() and (ckpts.latest_step() or 0) >= num_steps:  # run again after the end: nothing to do
+        log.info("%s finished at step %d (%s); nothing to train or write (a longer run: --config.train.num_steps)",
+                 workdir, ckpts.latest_step(), results)
+        ckpts.close()
+        return json.loads(results.read_text())
     tx, schedule = exp.optimizer(num_steps)
     learning_rate = jax.jit(schedule)  # for the log: one small program, not a dozen eager ops per log line
 
@@ -122,11 +148,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         log.info("resumed from %s at step %d", workdir / "checkpoints" / str(int(state.step)), int(state.step))
     start = int(state.step)
     stop_at = min(num_steps, start + t.stop_after) if t.stop_after else num_steps
-    if jax.process_index() == 0:
-        exp.save_files(workdir)
-    results = workdir / "results.json"
-    finished = start >= num_steps and results.exists()  # run again after the end: its results stay as they were
-    final: dict[str, Any] = json.loads(results.read_text()) if finished else {"step": start}
+    if restored is None:  # what the workdir's checkpoints are: written once, when the first of them is trained
+        if jax.process_index() == 0:
+            exp.save_files(workdir)
+        jaxlm_workdir.record_start(workdir, config)
+    else:
+        jaxlm_workdir.record_resume(workdir, config, start, changes)
+    final: dict[str, Any] = {"step": start}
 
     index, count = sharding.host_data_shard(exp.mesh)
     batches = pipeline.Batches(train_examples, d.batch_size, seed=t.seed, shuffle=True,
@@ -137,9 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     window = _Window(monitor.peak_flops_per_device() * jax.device_count())
     # Model FLOPs of a batch at its length (buckets make fine-tuning batches shorter than the maximum).
     batch_flops = functools.cache(lambda length: exp.task.flops_per_example(exp.model_config, length) * d.batch_size)
-    mon = monitor.Monitor(workdir, total_steps=num_steps, start_step=start, config=config,
-                          enabled=jax.process_index() == 0)
-    preemption = _Preemption()
+    mon = monitor.Monitor(workdir, total_steps=num_steps, start_step=start, enabled=jax.process_index() == 0)
+    stopping = _Stop(workdir)
     rng = jax.random.key(t.seed + 1)
     due = lambda step, every: step % every == 0 or step == num_steps  # noqa: E731
     step = start
@@ -174,10 +201,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     window.exclude(time.perf_counter() - began)  # throughput counts training only
                     mon.write(step, "eval", evaluated)
                     ckpts.save_if_best(step, state, batches.get_state(), evaluated)
-                if not stop and preemption.reached(step):
-                    stop = "preempted"
-                    mon.message(f"preempted (SIGTERM) at step {step}: checkpoint saved in {workdir}; "
-                                "run the same command again to resume")
+                if not stop and (stop := stopping.reached(step)):
+                    why = "preempted (SIGTERM)" if stop == "preempted" else "interrupted (Ctrl-C)"
+                    mon.message(f"{why} at step {step}: checkpoint saved in {workdir}; run the same command "
+                                "again to resume")
                 if stop or due(step, t.checkpoint_every) or step == stop_at:  # the one save
                     ckpts.save(step, state, batches.get_state(), metrics=evaluated)
                 if stop:
@@ -189,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         finally:
             ckpts.close()
             batches.close()
-            preemption.close()
+            stopping.close()
             mon.close()
     final["step"] = step
     if eval_examples is not None and final.get("eval") and step == num_steps:  # a trivial predictor beside it
@@ -197,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if test_examples is not None and step == num_steps:  # the final parameters on the test split, and the baseline
         final["test"] = {**exp.evaluate(eval_fn, state.params, test_examples, d.eval_batch_size),
                          **exp.task.baseline(train_examples, test_examples)}
-    if step == num_steps and not finished:  # what the task keeps beside the model (a reward's normalisation)
+    if step == num_steps:  # what the task keeps beside the model (a reward's normalisation)
         files = exp.task.model_files(lambda ex: exp.evaluate(eval_fn, state.params, ex, d.eval_batch_size),
                                      train_examples)
         for name, content in files.items() if jax.process_index() == 0 else ():

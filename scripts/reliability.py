@@ -8,15 +8,19 @@ checkpoint kept by mlm_accuracy:
 
 1. an uninterrupted reference run;
 2. the same run interrupted at seeded fault points (jaxlm.faults): --kills SIGKILLs, in turn in the middle
-   of a step, just after an asynchronous save started, inside orbax's atomic commit, during evaluation; and
-   --others other faults, in turn: SIGTERM from inside and a real one from outside (the run must save and exit 0); a full disk (RLIMIT_FSIZE) and a
-   storage layer failing on its n-th write (a clear error, exit 2). Each relaunch must resume from the newest
-   complete checkpoint (an unfinished one is never read). Before the last relaunch the two newest
-   checkpoints are corrupted (a truncated array file, a deleted metadata file): it must fall back past them.
-   In the end every checkpoint (latest and best) must equal the reference's bitwise, and none be non-finite;
+   of a step, just after an asynchronous save started, inside orbax's atomic commit, during evaluation (each
+   relaunch also shows that a killed run leaves no lock behind); and --others other faults, in turn: SIGTERM
+   from inside and a real one from outside (the run must save and exit 0), a full disk (RLIMIT_FSIZE) and a
+   storage layer failing on its n-th write (a clear error, exit 2), Ctrl-C (save, exit 130) and Ctrl-C twice
+   (stop at once, exit 130). Each relaunch must resume from the newest complete checkpoint (an unfinished one
+   is never read). Before the last relaunch the two newest checkpoints are corrupted (a truncated array file,
+   a deleted metadata file): it must fall back past them. In the end every checkpoint (latest and best) must
+   equal the reference's bitwise, and none be non-finite;
 3. divergence: a NaN batch is skipped and counted ('skip'), or stops the run with exit 1 and its last good
    state saved ('stop');
-4. bad input through the CLI, each in its own process: one line naming the problem, exit 2, no traceback.
+4. two runs launched together on one workdir: one trains (bitwise the reference), the other stops at once
+   with exit 2 and a line naming the holder;
+5. bad input through the CLI, each in its own process: one line naming the problem, exit 2, no traceback.
 
 tests/test_reliability.py runs the same pieces, shorter (3 kills), in CI.
 """
@@ -24,6 +28,7 @@ tests/test_reliability.py runs the same pieces, shorter (3 kills), in CI.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import itertools
 import json
@@ -105,9 +110,10 @@ class Lab:
         return [command, "--config", f"{DEMO}:{variant}", "--workdir", str(workdir),
                 *(f"--config.{k}={v}" for k, v in fields.items())]
 
-    def run(self, argv: list[str], *, fault: str = "", file_size: int | None = None, sigterm_on_pause: bool = False,
+    def run(self, argv: list[str], *, fault: str = "", file_size: int | None = None, signals: tuple = (),
             timeout: float = 600) -> Launch:
-        """`jaxlm ARGV` in a new process; with `sigterm_on_pause`, a real SIGTERM once the fault point pauses."""
+        """`jaxlm ARGV` in a new process; `signals` are sent from here, in turn, once the fault point pauses (each
+        after the run has answered the one before: Python runs one handler for signals that arrive together)."""
         self.launches = number = next(self._numbers)
         log = self.logs / f"{number:03d}.log"
         env = {**self.env, **({"JAXLM_FAULT": fault} if fault else {})}
@@ -118,13 +124,14 @@ class Lab:
         start = time.perf_counter()
         with open(log, "w") as err:
             proc = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=err)
-            if sigterm_on_pause:
-                while proc.poll() is None and "jaxlm fault injection: pause" not in log.read_text():
+            for i, signum in enumerate(signals):
+                awaited = "jaxlm fault injection: pause" if i == 0 else ANSWERS[signals[i - 1]]
+                while proc.poll() is None and awaited not in log.read_text():
                     if time.perf_counter() - start > timeout:
                         break
-                    time.sleep(0.05)
+                    time.sleep(0.02)
                 if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(signum)
             try:
                 stdout, _ = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - start)))
             except subprocess.TimeoutExpired:
@@ -227,13 +234,17 @@ KINDS = {  # kind -> (JAXLM_FAULT action, expected exit status)
     "kill": ("kill", -signal.SIGKILL),
     "term": ("term", 0),  # SIGTERM sent by the process to itself at a fault point
     "sigterm": ("pause", 0),  # a real SIGTERM from this script, while the run waits at the point
+    "sigint": ("pause", 130),  # Ctrl-C: finish the step, save, exit 130
+    "sigint2": ("pause", 130),  # Ctrl-C twice: stop at once (a save in flight left unfinished)
     "ioerror": ("ioerror", 2),  # the n-th file orbax writes fails with ENOSPC
     "full-disk": ("", 2),  # RLIMIT_FSIZE below a checkpoint's size
 }
 
 
+SIGNALS = {"sigterm": (signal.SIGTERM,), "sigint": (signal.SIGINT,), "sigint2": (signal.SIGINT, signal.SIGINT)}
+ANSWERS = {signal.SIGINT: "jaxlm: Ctrl-C: finishing the step"}  # what the run says when a signal is handled
 KILL_POINTS = ("step", "save", "commit", "eval")
-OTHER_FAULTS = ("sigterm", "term", "full-disk", "ioerror")
+OTHER_FAULTS = ("sigterm", "term", "full-disk", "ioerror", "sigint", "sigint2")
 
 
 def seeded_kinds(rng: random.Random, kills: int, others: int) -> list[str]:
@@ -252,11 +263,12 @@ def plan_next(rng: random.Random, kind: str, progress: int, num_steps: int) -> I
     saves = [s for s in range(progress + 1, num_steps + 1) if s % every == 0 or s == num_steps][:2]
     evals = [s for s in range(progress + 1, num_steps + 1) if s % eval_every == 0 or s == num_steps][:1]
     places = {"kill step": ahead, "kill save": saves, "kill commit": saves, "kill eval": evals, "term": ahead,
-              "sigterm": ahead, "ioerror": list(range(1, 25)), "full-disk": [0]}[kind]
+              "sigterm": ahead, "sigint": ahead, "sigint2": ahead, "ioerror": list(range(1, 25)),
+              "full-disk": [0]}[kind]
     if not places:
         return None
     kind, _, point = kind.partition(" ")
-    point = point or {"term": "step", "sigterm": "step", "ioerror": "write"}.get(kind, "")
+    point = point or {"ioerror": "write", "full-disk": ""}.get(kind, "step")
     return Interruption(kind, f"{point}:{rng.choice(places)}" if point else "")
 
 
@@ -264,7 +276,7 @@ def interrupt(lab: Lab, argv: list[str], fault: Interruption) -> Launch:
     action, _ = KINDS[fault.kind]
     spec = f"{fault.where}:{action}" if fault.where else ""
     return lab.run(argv, fault=spec, file_size=FULL_DISK_BYTES if fault.kind == "full-disk" else None,
-                   sigterm_on_pause=fault.kind == "sigterm")
+                   signals=SIGNALS.get(fault.kind, ()))
 
 
 def check_interrupted(fault: Interruption, launch: Launch) -> list[str]:
@@ -277,6 +289,12 @@ def check_interrupted(fault: Interruption, launch: Launch) -> list[str]:
         problems.append("a traceback")
     if fault.kind in ("term", "sigterm") and launch.summary().get("stopped") != "preempted":
         problems.append("did not stop as preempted")
+    if fault.kind == "sigint" and (launch.summary().get("stopped") != "interrupted" or not re.search(
+            r"^jaxlm pretrain: interrupted at step \d+; its checkpoint is saved in .*: run the same command again "
+            r"to resume$", launch.last_line)):
+        problems.append(f"Ctrl-C: did not save and say how to resume; last line {launch.last_line[:200]!r}")
+    if fault.kind == "sigint2" and "jaxlm: Ctrl-C again: stopped at once" not in launch.last_line:
+        problems.append(f"Ctrl-C twice: did not stop at once; last line {launch.last_line[:200]!r}")
     # orbax and asyncio log the failed write's tracebacks (some at exit, after jaxlm's line): look for the line
     if expected == 2 and not re.search(r"^jaxlm pretrain: error: cannot write checkpoint \S+: .+ is intact$|"
                                        r"^jaxlm pretrain: error: cannot write checkpoint \S+: .+ none$",
@@ -389,6 +407,31 @@ def divergence(lab: Lab, reference: pathlib.Path, root: pathlib.Path, num_steps:
     return out
 
 
+def two_runs_one_workdir(lab: Lab, reference: pathlib.Path, workdir: pathlib.Path, num_steps: int) -> dict:
+    """Two runs launched together on one workdir (a relaunch while the first still runs): exactly one trains,
+    its checkpoints bitwise the uninterrupted run's; the other stops at once, exit 2, one line naming the holder."""
+    argv = lab.argv(workdir, **{"train.num_steps": num_steps})
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        launches = sorted(pool.map(lambda _: lab.run(argv), range(2)), key=lambda launch: launch.rc)
+    out = {"problems": [], "exits": [launch.rc for launch in launches]}
+    if out["exits"] != [0, 2]:
+        out["problems"].append(f"two runs on one workdir: exits {out['exits']}, expected one 0 and one 2")
+        return out
+    winner, loser = launches
+    out["seconds"] = [winner.seconds, loser.seconds]
+    if not re.search(r"^jaxlm pretrain: error: --workdir \S+: in use by another run \(pid \d+ on \S+, started ",
+                     loser.last_line):
+        out["problems"].append(f"the second run's last line does not name the holder: {loser.last_line[:200]!r}")
+    if loser.seconds > winner.seconds / 2:
+        out["problems"].append(f"the second run did not stop at once ({loser.seconds:.0f} s, the run "
+                               f"{winner.seconds:.0f} s)")
+    out["compared"] = c = compare_workdirs(workdir, reference)
+    if c["different"] or c["missing_in_reference"] or c["nonfinite"] or c["equal"] < len(committed(
+            workdir / "checkpoints")) + len(committed(workdir / "best")):
+        out["problems"].append(f"two runs on one workdir: checkpoints not the uninterrupted run's: {c}")
+    return out
+
+
 def _leaves(tree):
     import jax
 
@@ -408,6 +451,7 @@ class Context:
     small_tokenizer: pathlib.Path  # a tokenizer whose vocabulary is not the trained model's
     classification: pathlib.Path  # train/dev/test .tsv of a 3-class task; test unlabelled
     empty: pathlib.Path  # a train.tsv with a header and no rows
+    floats: pathlib.Path  # train/dev .tsv whose labels are numbers with fractions (a regression target)
 
     @classmethod
     def make(cls, lab: Lab, scratch: pathlib.Path, trained: pathlib.Path) -> "Context":
@@ -426,16 +470,20 @@ class Context:
         (task / "dev.tsv").write_text("text\tlabel\na bird sings\tanimal\nthe road\tthing\n")
         (task / "test.tsv").write_text("text\nsome text\nmore text\n")
         (empty / "train.tsv").write_text("text\tlabel\n")
-        return cls(lab, scratch, trained, small, task, empty)
+        floats = scratch / "floats"
+        floats.mkdir(exist_ok=True)
+        for split in ("train", "dev"):
+            (floats / f"{split}.tsv").write_text("text\tlabel\na dog barks\t0.5\na cat sleeps\t1.7\nthe sun\t-2\n")
+        return cls(lab, scratch, trained, small, task, empty, floats)
 
     def pretrain(self, name: str, **fields) -> list[str]:
         return self.lab.argv(self.scratch / name, **{"train.num_steps": 4, **fields})
 
-    def finetune(self, name: str, **fields) -> list[str]:
+    def finetune(self, name: str, workdir: pathlib.Path | None = None, **fields) -> list[str]:
         fields = {"data.dataset": "local_classification", "data.path": str(self.classification),
                   "data.eval_split": "validation", "data.test_split": "", "data.buckets": "()",
                   "train.best_metric": "accuracy", "train.num_steps": 4, **fields}
-        return self.lab.argv(self.scratch / name, command="finetune", variant="scratch", **fields)
+        return self.lab.argv(workdir or self.scratch / name, command="finetune", variant="scratch", **fields)
 
 
 BAD_INPUTS = {  # name -> (argv from a Context, words the one-line message must hold)
@@ -467,8 +515,25 @@ BAD_INPUTS = {  # name -> (argv from a Context, words the one-line message must 
                               ["split 'test'", "have no label"]),
     "batch not divisible by data x fsdp": (lambda c: c.pretrain("batch", **{"data.batch_size": 15}),
                                            ["batch_size=15", "divisible"]),
-    "workdir of another experiment": (lambda c: c.lab.argv(c.trained, **{"model.preset": "bert-L4-H128"}),
-                                      ["another experiment's checkpoint", "num_layers"]),
+    "batch size 0": (lambda c: c.pretrain("batch0", **{"data.batch_size": 0}),
+                     ["config.data.batch_size=0: expected a positive number"]),
+    "negative batch size": (lambda c: c.pretrain("batch-4", **{"data.batch_size": -4}),
+                            ["config.data.batch_size=-4: expected a positive number"]),
+    "config file with a syntax error": (lambda c: ["pretrain", "--config", str(c.scratch / "broken.py"), "--workdir",
+                                                   str(c.scratch / "broken")], ["broken.py:2: ", "never closed"]),
+    "fractional labels for classes": (lambda c: c.finetune("floats", **{"data.path": str(c.floats)}),
+                                      ["label '0.5' is a number with a fraction", "--config.task.num_labels=1"]),
+    "init_from a missing directory": (
+        lambda c: c.finetune("init", **{"model.init_from": "hf:/nonexistent", "data.tokenizer": "init"}),
+        ["config.model.init_from='hf:/nonexistent': no such directory"]),
+    "workdir of another model": (lambda c: c.lab.argv(c.trained, **{"model.preset": "bert-L4-H128"}),
+                                 ["its checkpoints were trained with model.preset='bert-L2-H128'",
+                                  "this run has model.preset='bert-L4-H128'"]),
+    "resumed with another learning rate": (
+        lambda c: c.lab.argv(c.trained, **{"optim.learning_rate": 0.5}),
+        ["its checkpoints were trained with optim.learning_rate=0.001", "this run has optim.learning_rate=0.5"]),
+    "fine-tuning into a pretraining workdir": (lambda c: c.finetune("", workdir=c.trained),
+                                               ["holds another experiment (task 'pretrain'", "not task 'classify'"]),
     "workdir is a file": (lambda c: c.pretrain("a-file"), ["not a directory"]),
     "a file where the checkpoint directory must be": (lambda c: c.pretrain("ckpt-file"),
                                                        ["cannot write checkpoints there", "not a directory"]),
@@ -479,6 +544,8 @@ def prepare_bad_input(name: str, ctx: Context) -> list[str]:
     """The argv of case `name`, after laying out the files it needs."""
     if name == "workdir is a file":
         (ctx.scratch / "a-file").write_text("not a workdir\n")
+    if name == "config file with a syntax error":
+        (ctx.scratch / "broken.py").write_text("def get_config():\n    return dict(a=1\n")
     if name == "a file where the checkpoint directory must be":
         (ctx.scratch / "ckpt-file").mkdir(exist_ok=True)
         (ctx.scratch / "ckpt-file" / "checkpoints").write_text("not a directory\n")
@@ -545,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
     nan = divergence(lab, reference, root, 16, 9)
     problems += nan["problems"]
 
+    print("two runs launched together on one workdir")
+    two = two_runs_one_workdir(lab, reference, root / "two-runs", num_steps)
+    problems += two["problems"]
+
     print(f"bad input: {len(BAD_INPUTS)} cases, each through the CLI in its own process")
     ctx = Context.make(lab, root / "bad-input", reference)
     bad_ok = 0
@@ -572,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final parameters:        {'bitwise equal' if report['final_equal'] else 'NOT equal'} to the uninterrupted run's")
     print(f"divergence:              NaN batch skipped and counted; 'stop' exits 1 at the last good state: "
           f"{'ok' if not nan['problems'] else 'FAILED'}")
+    print(f"one workdir, two runs:   exits {two['exits']}; "
+          + (f"the second stopped in {two['seconds'][1]:.0f} s, naming the holder; the first's checkpoints bitwise "
+             "the uninterrupted run's" if not two["problems"] else "FAILED"))
     print(f"bad inputs tried:        {len(BAD_INPUTS)}; one line and exit 2: {bad_ok}")
     print(f"faults injected:         {len(kinds) + len(report['corrupted']) + 2 + len(BAD_INPUTS)} "
           f"(interruptions, corruptions, NaN batches, bad inputs); processes: {lab.launches}; "

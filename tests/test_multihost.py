@@ -20,7 +20,7 @@ import pytest
 from jaxlm import checkpoint, cli, distributed, train
 from tiny import DEMO, tiny
 
-STEPS, PREEMPT_AFTER, EVERY = 30, 4, 3
+STEPS, PREEMPT_AFTER, EVERY = 18, 4, 3
 FIELDS = {"train.num_steps": STEPS, "train.log_every": 1, "train.checkpoint_every": EVERY, "data.eval_split": "",
           "optim.learning_rate": 2e-3}
 

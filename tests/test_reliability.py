@@ -27,47 +27,65 @@ sys.modules["reliability"] = R
 _spec.loader.exec_module(R)
 
 NUM_STEPS = 16  # checkpoints every 4, evaluations at 8 and 16
-PLAN = [R.Interruption("kill", "step:6"), R.Interruption("kill", "commit:8"),  # mid-step; mid-commit of 8
+PLAN = [R.Interruption("sigint2", "step:6"),  # Ctrl-C twice: stopped at once
+        R.Interruption("kill", "commit:8"),  # mid-commit of 8
         R.Interruption("sigterm", "step:10"), R.Interruption("full-disk"),  # a real SIGTERM; the save of 12 fails
+        R.Interruption("sigint", "step:14"),  # Ctrl-C: saved, exit 130
         R.Interruption("kill", "eval:16")]
 NAN_STEP = 9
 
 
 @pytest.fixture(scope="module")
 def runs(data_env, tmp_path_factory):
-    """A reference run, then (in parallel) the interrupted run and the two divergence runs, in subprocesses."""
+    """A reference run, then (in parallel) the interrupted run, and the two divergence runs and two runs launched
+    together on one workdir, in subprocesses."""
     lab = R.Lab(tmp_path_factory.mktemp("reliability"), tokenizer=data_env / "tok")
     reference = lab.root / "reference"
     first = lab.run(lab.argv(reference, **{"train.num_steps": NUM_STEPS}))
     assert first.rc == 0, first.stderr[-3000:]
+    def divergence_then_two_runs():
+        return (R.divergence(lab, reference, lab.root, NUM_STEPS, NAN_STEP),
+                R.two_runs_one_workdir(lab, reference, lab.root / "two-runs", NUM_STEPS))
+
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         interrupted = pool.submit(R.campaign, lab, reference, lab.root / "interrupted", NUM_STEPS, plan=PLAN,
                                   say=lambda *_: None)
-        diverged = pool.submit(R.divergence, lab, reference, lab.root, NUM_STEPS, NAN_STEP)
-        return lab, reference, interrupted.result(), diverged.result()
+        others = pool.submit(divergence_then_two_runs)
+        return lab, reference, interrupted.result(), *others.result()
 
 
-def test_killed_preempted_out_of_disk_and_corrupted_then_resumed_bitwise(runs):
-    lab, reference, report, _ = runs
+def test_killed_preempted_interrupted_out_of_disk_and_corrupted_then_resumed_bitwise(runs):
+    lab, reference, report, _, _ = runs
     assert report["problems"] == [], "\n".join(report["problems"] + [str(lab.logs)])
     done = {i["fault"]: i for i in report["interruptions"]}
     assert [i["fault"] for i in report["interruptions"]] == [p.describe() for p in PLAN]
-    assert sum(f.startswith("kill") for f in done) == 3
+    # Ctrl-C twice stops at once, as a kill does (the asynchronous save of 4 may be cut short): the relaunch
+    # resumes from the newest complete checkpoint, if any.
+    assert done["sigint2 step:6"]["exit"] == 130 and done["sigint2 step:6"]["complete_checkpoint"] in (None, 4)
+    assert done["kill commit:8"]["resumed_from"] == done["sigint2 step:6"]["complete_checkpoint"]
     # A kill mid-save leaves a temporary directory: never read (each relaunch resumed from the newest
-    # complete step), and removed by the next run.
-    assert report["unfinished_seen"] >= 1 and report["resumes_from_complete"] == report["resumes"] >= 4
+    # complete step), and removed by the next run. No relaunch found the workdir locked by the killed run.
+    assert report["unfinished_seen"] >= 1 and report["resumes_from_complete"] == report["resumes"] >= 5
     # SIGTERM: exit 0 with a checkpoint of the step reached; the relaunch resumed from it.
     assert done["sigterm step:10"]["exit"] == 0 and done["sigterm step:10"]["complete_checkpoint"] == 10
     assert done["full-disk"]["resumed_from"] == 10 and done["full-disk"]["exit"] == 2
-    assert done["kill eval:16"]["resumed_from"] == 10  # the full disk's failed save of 12 was never read
+    # Ctrl-C once: the step finished and saved (the full disk's failed save of 12 was never read), exit 130.
+    assert done["sigint step:14"]["resumed_from"] == 10 and done["sigint step:14"]["exit"] == 130
+    assert done["sigint step:14"]["complete_checkpoint"] == 14 and done["kill eval:16"]["resumed_from"] == 14
     # Before the last relaunch the two newest checkpoints were corrupted: it fell back past them (both set
     # aside in unreadable/), and still every checkpoint (4, 8, 12, 16, best) equals the reference's bitwise.
     assert len(list((lab.root / "interrupted" / "unreadable").iterdir())) == 2
     assert report["compared"]["equal"] >= 5 and not report["compared"]["nonfinite"]
 
 
+def test_two_runs_launched_on_one_workdir_one_trains_the_other_stops_at_once(runs):
+    lab, _, _, _, two = runs
+    assert two["problems"] == [], "\n".join(two["problems"] + [str(lab.logs)])
+    assert two["exits"] == [0, 2] and two["compared"]["equal"] >= 5  # checkpoints 4, 8, 12, 16 and the best
+
+
 def test_nan_batch_is_skipped_or_stops_the_run_at_its_last_good_state(runs):
-    lab, _, _, diverged = runs
+    lab, _, _, diverged, _ = runs
     assert diverged["problems"] == [], "\n".join(diverged["problems"] + [str(lab.logs)])
     assert diverged["skip_checkpoints_finite"] >= 5  # checkpoints 4..16 and the best: none holds a NaN
 
@@ -244,6 +262,9 @@ def bad_input(data_env, tmp_path_factory):
     model = bert.BertForPreTraining(config)
     params = nn.unbox(model.init(jax.random.key(0), {"input_ids": jnp.zeros((1, 8), jnp.int32)})["params"])
     checkpoint.write_params(root / "trained", {"task": "pretrain", "model": config.architecture()}, params)
+    argv = lab.argv(root / "trained")  # and the record a pretraining run of it would have left
+    saved = jaxlm_config.override(jaxlm_config.load(argv[2]), [a.removeprefix("--config.") for a in argv[5:]])
+    (root / "trained" / "config.json").write_text(saved.to_json_best_effort(indent=2))
     return R.Context.make(lab, root / "cases", root / "trained")
 
 

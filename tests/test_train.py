@@ -38,8 +38,11 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     assert list((pre / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((pre / "run.json").read_text())["versions"]["jax"] == jax.__version__
     saved = json.loads((pre / "results.json").read_text())
-    again = train.train_and_evaluate(_heads8(tiny("pretrain", data_env, **{"train.num_steps": 20})), pre)  # finished
-    assert again["step"] == 20 and json.loads((pre / "results.json").read_text()) == saved  # keeps its results
+    files = {p: p.stat().st_mtime_ns for p in pre.rglob("*") if p.is_file() and p.name != "run.lock"}
+    with caplog.at_level(logging.INFO, logger="jaxlm.train"):  # finished
+        again = train.train_and_evaluate(_heads8(tiny("pretrain", data_env, **{"train.num_steps": 20})), pre)
+    assert again == saved and "finished at step 20" in caplog.text  # says so, and writes nothing
+    assert {p: p.stat().st_mtime_ns for p in pre.rglob("*") if p.is_file() and p.name != "run.lock"} == files
 
     fine = tmp_path / "finetune"
     c = tiny("finetune", data_env, **{"train.num_steps": 20, "model.init_from": f"jaxlm:{pre}",
@@ -96,6 +99,16 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     assert cli.main(["predict", "--workdir", str(fine), "--top", "2", texts[0]]) == 0
     first, p1, second, p2, echoed = capsys.readouterr().out.strip().split("\t")
     assert first != second and float(p1) >= float(p2) and echoed == texts[0]
+    # One output line per input line: an empty text gets an empty answer; a text cut to fit is counted.
+    lines_in = [texts[0], "", "   ", " ".join([texts[1]] * 8)]
+    (tmp_path / "texts.txt").write_text("\n".join(lines_in) + "\n")
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["predict", "--workdir", str(fine), "--file", str(tmp_path / "texts.txt")]) == 0
+    out = capsys.readouterr().out.split("\n")
+    assert out[1:4] == ["\t\t", "\t\t   ", out[3]] and out[4] == "" and len(out) == 5
+    assert [line.split("\t")[2] for line in out[:4]] == lines_in and out[0].split("\t")[0] in labels
+    assert "1 of 2 texts are longer than data.max_seq_length=32 tokens" in caplog.text
+    assert cli.main(["predict", "--workdir", str(fine), ""]) == 0 and capsys.readouterr().out == "\t\t\n"
 
 
 def _losses(data_env, workdir, mesh, **fields):
@@ -113,14 +126,17 @@ def _losses(data_env, workdir, mesh, **fields):
 def test_same_loss_trajectory_on_1_and_8_devices(data_env, tmp_path):
     one = _losses(data_env, tmp_path / "one", (1, 1, 1))
     assert len(one) == 20 and one[-5:].mean() < one[:5].mean() - 0.3
-    for mesh in ((8, 1, 1), (2, 1, 4)):
-        np.testing.assert_allclose(_losses(data_env, tmp_path / str(mesh), mesh), one, rtol=1e-5, err_msg=str(mesh))
-    # Stopped after 10 steps on an FSDP mesh, resumed on a 2x2x2 mesh: the same trajectory.
+    np.testing.assert_allclose(_losses(data_env, tmp_path / "2x1x4", (2, 1, 4)), one, rtol=1e-5)
+    # Stopped after 10 steps on an FSDP mesh, resumed on a 2x2x2 mesh: the same trajectory, the move on record.
     moved = tmp_path / "moved"
     first = _losses(data_env, moved, (1, 8, 1), **{"train.stop_after": 10})
     both = _losses(data_env, moved, (2, 2, 2))
     assert len(first) == 10 and len(both) == 20
     np.testing.assert_allclose(both, one, rtol=1e-5)
+    record = json.loads((moved / "run.json").read_text())
+    assert record["config"]["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and [
+        (r["step"], r["changes"]) for r in record["resumes"]] == [(10, {
+            "mesh.data": [1, 2], "mesh.fsdp": [8, 2], "mesh.tensor": [1, 2], "train.stop_after": [10, 0]})]
 
 
 def test_bfloat16_and_float32_loss_curves_agree(data_env, tmp_path):

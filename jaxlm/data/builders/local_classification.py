@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import io
 import json
+import math
 import os
 import pathlib
 
@@ -122,6 +123,18 @@ def label_names(train: Table) -> list[str]:
     return sorted(names)
 
 
+def _refuse_fractions(train: Table) -> None:
+    """Labels that are numbers with fractions (0.5, 1.7) are a regression target, not class names."""
+    try:
+        values = [(line, label, float(label)) for line, _, _, label in train.rows]
+    except ValueError:
+        return  # class names
+    for line, label, value in values:
+        if math.isfinite(value) and value != round(value):
+            raise ValueError(f"{train.path}:{line}: label {label!r} is a number with a fraction, not a class; for a "
+                             "regression on these numbers use --config.task.num_labels=1")
+
+
 def split_files(path: str | os.PathLike | None, files: dict[str, str] | None) -> dict[str, pathlib.Path]:
     """{split: file} from a folder, a single file, or an explicit mapping."""
     if files:
@@ -201,6 +214,7 @@ class LocalClassification(tfds.core.GeneratorBasedBuilder):
                     except ValueError:
                         raise ValueError(f"{table.path}:{line}: label {label!r} is not a number") from None
         else:
+            _refuse_fractions(tables["train"])
             names = set(label_names(tables["train"]))
             for split, table in tables.items():
                 for line, _, _, label in table.rows:

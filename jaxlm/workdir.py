@@ -1,0 +1,182 @@
+"""A training workdir's guard: one run at a time holds it, and its record stays the run its checkpoints hold.
+
+    with workdir.hold(path):                      # a second run on `path` stops at once, naming the holder
+        changes = workdir.check_resume(config, path)   # settings that differ from the checkpoints' are refused
+        ...
+        workdir.record_start(path, config)            # a fresh run: run.json
+        workdir.record_resume(path, config, step, changes)   # a resume: appended to run.json, never rewritten
+
+The lock is `fcntl.flock` on `<workdir>/run.lock`, taken by process 0 of a multi-host run: the kernel releases it
+when its holder dies, however it dies (a SIGKILLed run never blocks its relaunch). The file keeps the holder's
+host, pid, start time and command, for the message the next run prints. Readers (`evaluate`, `predict`,
+`convert --to-hf`) take no lock: orbax renames a checkpoint into place when it is complete, so they read the
+newest complete one while a run writes the next.
+
+A resume takes the settings its checkpoints were trained with (config.json of the first launch, never rewritten).
+Those in RESUMABLE may change (how long, how often, on which devices, how it runs), each change recorded in
+run.json with its step; any other differing field is refused, naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import platform
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+
+from jaxlm import distributed
+
+LOCK = "run.lock"
+# Fields a resumed run may change: its length, its periodic actions, the devices and how the model runs on them,
+# and where the same data lives. Anything else (data, task, model, optimizer, seed, dtype) is the run itself.
+RESUMABLE = ("config_file", "train.num_steps", "train.num_epochs", "train.stop_after", "train.log_every",
+             "train.eval_every", "train.checkpoint_every", "train.keep", "train.on_nonfinite", "train.profile_start",
+             "train.profile_steps", "data.eval_split", "data.test_split", "data.eval_batch_size", "data.data_dir",
+             "model.attention", "model.remat", "mesh.")
+
+
+class WorkdirInUse(ValueError):
+    """Another run holds the workdir."""
+
+
+@contextlib.contextmanager
+def hold(workdir: pathlib.Path) -> Iterator[None]:
+    """Hold `workdir` for the duration: WorkdirInUse at once if another run holds it."""
+    import jax
+
+    fd, busy = None, None
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = _holder(fd)
+            os.close(fd)
+            fd = None
+    if not distributed.all_agree(busy is None):
+        raise WorkdirInUse(f"--workdir {workdir}: in use by another run ({busy or 'process 0 cannot lock it'}); "
+                           "wait for it to end or stop it, or use another --workdir")
+    try:
+        if fd is not None:
+            holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        yield
+    finally:
+        if fd is not None:
+            os.ftruncate(fd, 0)  # (a stale holder is never named; the lock itself dies with the process)
+            os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    try:
+        h = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+    except (ValueError, KeyError, OSError):
+        return "starting"  # it holds the lock, and has not written who it is yet
+
+
+# ------------------------------------------------------------------------------------------- the record
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "overrides":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _as_saved(config) -> dict[str, Any]:
+    return _flat(json.loads(config.to_json_best_effort()))
+
+
+def check_resume(config, workdir: pathlib.Path) -> dict[str, list]:
+    """{field: [saved, now]} of the resumable settings this run changes, when `workdir` holds checkpoints of an
+    earlier launch ({} when it holds none). Another experiment (task, data) or other settings are refused with
+    the fields named. Fields the saved config lacks (added to jaxlm since) are not compared."""
+    saved_file = workdir / "config.json"
+    if not saved_file.is_file() or not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+        return {}
+    saved, now = _flat(json.loads(saved_file.read_text())), _as_saved(config)
+    if (saved.get("task.name"), saved.get("data.dataset")) != (now["task.name"], now["data.dataset"]):
+        raise ValueError(
+            f"--workdir {workdir}: holds another experiment (task {saved.get('task.name')!r} on "
+            f"{saved.get('data.dataset')!r}, per {saved_file}), not task {now['task.name']!r} on "
+            f"{now['data.dataset']!r}; use a new --workdir (or start from it with model.init_from='jaxlm:{workdir}')")
+    differ = {k: [saved[k], now[k]] for k in saved.keys() & now.keys() if saved[k] != now[k]}
+    fixed = sorted(k for k in differ if not k.startswith(RESUMABLE))
+    if fixed:
+        raise ValueError(
+            f"--workdir {workdir}: its checkpoints were trained with "
+            + ", ".join(f"{k}={differ[k][0]!r}" for k in fixed) + f" ({saved_file}); this run has "
+            + ", ".join(f"{k}={differ[k][1]!r}" for k in fixed)
+            + ": resume with the saved settings, or train in a new --workdir")
+    return dict(sorted(differ.items()))
+
+
+def run_info(config) -> dict:
+    """The config, the git commit, the versions of the libraries and the devices of this launch."""
+    import flax
+    import jax
+    import optax
+    import orbax.checkpoint
+
+    try:
+        root = pathlib.Path(__file__).resolve().parents[1]
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+                     "orbax-checkpoint": orbax.checkpoint.__version__, "python": platform.python_version()},
+        "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
+                    "processes": jax.process_count()},
+        "config": json.loads(config.to_json_best_effort()),
+    }
+
+
+def record_start(workdir: pathlib.Path, config) -> None:
+    """run.json of a fresh run (process 0): its launch, and the resumes to come."""
+    import jax
+
+    if jax.process_index() == 0:
+        _write(workdir / "run.json", {**run_info(config), "resumes": []})
+
+
+def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, list]) -> None:
+    """Append this launch to run.json's resumes: its step, commit, versions, devices and changed settings."""
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    path = workdir / "run.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"resumes": []}
+    info = run_info(config)
+    del info["config"]
+    record.setdefault("resumes", []).append({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **info,
+                                             "changes": changes})
+    _write(path, record)
+
+
+def _write(path: pathlib.Path, content: dict) -> None:
+    """Whole or not at all: a kill mid-write leaves the previous file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
