@@ -30,6 +30,7 @@ import errno
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -75,13 +76,16 @@ def _hit(point: str, step: int | None = None) -> None:
     action = _plan.get((point, step))
     if action is None:
         return
-    if action == "pause":  # until a signal comes (a test sends a real SIGTERM or SIGINT from outside once it
-        awaited = {signal.SIGTERM, signal.SIGINT}  # reads the line): blocked first, so none comes before the wait
-        signal.pthread_sigmask(signal.SIG_BLOCK, awaited)
+    if action == "pause":  # until SIGTERM or SIGINT comes from outside (a test sends it once it reads the line)
+        got, awaited = [], (signal.SIGTERM, signal.SIGINT)
+        handlers = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in awaited}
         print(f"jaxlm fault injection: {action} at {point}:{step}", file=sys.stderr, flush=True)
-        signum = signal.sigwait(awaited)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, awaited)
-        signal.raise_signal(signum)  # its handler runs now
+        while not got:  # (not signal.pause(): the kernel may hand the signal to another thread, waking no pause)
+            time.sleep(0.01)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        if callable(handlers[got[0]]):
+            handlers[got[0]](got[0], None)  # the run's own handler, as if it had come now
         return
     print(f"jaxlm fault injection: {action} at {point}:{step}", file=sys.stderr, flush=True)
     if action == "ioerror":
