@@ -245,7 +245,7 @@ class Experiment:
             for batch in pipeline.eval_batches(examples, batch_size, process_index=index, process_count=count):
                 sums = eval_fn(params, sharding.global_batch(batch, self.mesh))
                 faults.hit("eval")
-                totals = sums if totals is None else metric_sums.merge_compiled(totals, sums)
+                totals = sums if totals is None else metric_sums.merge(totals, sums)
         return self.task.summarize(jax.device_get(totals))
 
 

@@ -84,8 +84,7 @@ def _hit(point: str, step: int | None = None) -> None:
             time.sleep(0.01)
         for s, handler in handlers.items():
             signal.signal(s, handler)
-        if callable(handlers[got[0]]):
-            handlers[got[0]](got[0], None)  # the run's own handler, as if it had come now
+        signal.raise_signal(got[0])  # again, to this thread: the run's own handler takes it now
         return
     print(f"jaxlm fault injection: {action} at {point}:{step}", file=sys.stderr, flush=True)
     if action == "ioerror":

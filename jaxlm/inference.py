@@ -108,7 +108,7 @@ class Model:
         given = [i for i, t in enumerate(texts) if t.strip()]  # an empty text has no prediction: []
         head = lambda outputs, batch: self.experiment.task.predict(outputs)  # noqa: E731
         scores = iter(self._run([texts[i] for i in given], head))
-        ranked = [[]] * len(texts)
+        ranked = [[] for _ in texts]
         for i in given:
             p = next(scores)
             ranked[i] = [(self.label_names[j], float(p[j])) for j in np.argsort(-p, kind="stable")[:top]]

@@ -35,10 +35,6 @@ def merge(a, b):
     return {k: jax.tree.map(_combine(k), a[k], b[k]) for k in a}
 
 
-# The running sums of the training log window and of an evaluation: one dispatch a batch rather than one per metric.
-merge_compiled = jax.jit(merge)
-
-
 def empty(shapes):
     """The identity of `merge` for metrics of these shapes (ShapeDtypeStructs or arrays)."""
     if not isinstance(shapes, dict):

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import platform
-import subprocess
 import time
 
 import jax

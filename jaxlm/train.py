@@ -81,7 +81,7 @@ class _Window:
         self.sums, self.steps, self.flops, self.start = None, 0, 0.0, time.perf_counter()
 
     def add(self, metrics: dict, flops: float) -> None:
-        self.sums = metrics if self.sums is None else metric_sums.merge_compiled(self.sums, metrics)
+        self.sums = metrics if self.sums is None else metric_sums.merge(self.sums, metrics)
         self.steps, self.flops = self.steps + 1, self.flops + flops
 
     def exclude(self, seconds: float) -> None:
