@@ -36,20 +36,28 @@ def data_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def decoder(data_env, tmp_path_factory):
+def bpe_dir(data_env, tmp_path_factory):
+    """A 512-token byte-level BPE (GPT-2's kind) trained on the embedded corpus: the tiny decoders' tokenizer."""
+    from jaxlm.data.tokenizer import train_tokenizer_from_dataset
+
+    out = tmp_path_factory.mktemp("bpe512")
+    train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, model_type="byte_bpe", out_dir=out,
+                                 max_sentences=4000)
+    return out
+
+
+@pytest.fixture(scope="session")
+def decoder(bpe_dir, tmp_path_factory):
     """A tiny decoder pretrained for a few steps (the policy's and the reference's start) and a planted preference:
     every chosen answer says 'yes' at length, every rejected one 'no' (more likely, being short)."""
     from jaxlm import config as jaxlm_config
     from jaxlm import train
-    from jaxlm.data.tokenizer import train_tokenizer_from_dataset
     from tiny import set_fields
 
     root = tmp_path_factory.mktemp("decoder")
-    train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, model_type="byte_bpe", out_dir=root / "bpe",
-                                 max_sentences=4000)
     c = set_fields(jaxlm_config.load("experiments/gpt_cpu.py:pretrain"), {
         "model.preset": "gpt-tiny", "model.max_position_embeddings": 64, "data.max_seq_length": 32,
-        "data.batch_size": 16, "data.tokenizer": str(root / "bpe"), "data.eval_split": "", "optim.warmup_steps": 2,
+        "data.batch_size": 16, "data.tokenizer": str(bpe_dir), "data.eval_split": "", "optim.warmup_steps": 2,
         "train.num_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4})
     train.train_and_evaluate(c, root / "pretrain")
     for split, count in (("train", 64), ("validation", 24)):

@@ -13,7 +13,7 @@ import transformers
 from jaxlm import checkpoint, cli, hf, inference, train
 from jaxlm import config as jaxlm_config
 from jaxlm.data.causal_lm import CausalLMExamples, SFTExamples, _token_stream
-from jaxlm.data.tokenizer import load_tokenizer, train_tokenizer_from_dataset
+from jaxlm.data.tokenizer import load_tokenizer
 
 
 class _Chars:
@@ -51,14 +51,6 @@ def test_sft_rows_put_the_loss_on_the_response_and_its_end_only():
     # cut at 8 + 1 tokens: the response's tail and its end fall off, no target past the row
     assert b["targets"][1][b["target_weights"][1] > 0].tolist() == [ord("x"), ord("y")]
     assert not b["target_weights"][2].any()
-
-
-@pytest.fixture(scope="module")
-def bpe_dir(data_env, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bpe512")
-    train_tokenizer_from_dataset("embedded_corpus", vocab_size=512, model_type="byte_bpe", out_dir=out,
-                                 max_sentences=4000)
-    return out
 
 
 def _config(bpe_dir, **fields):

@@ -104,6 +104,7 @@ def _bert_large_width(vocab: int, fsdp: bool, batch: int):
     return c
 
 
+@pytest.mark.slow
 def test_fsdp_fits_where_data_parallelism_does_not():
     """2 layers at bert-large width with a vocabulary of 2^20: 1.1B parameters, whose float32 values, Adam
     moments and gradients (17.6 GB) every chip of a v5e-16 (16 GB) would hold under pure data parallelism, but

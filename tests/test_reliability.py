@@ -43,6 +43,7 @@ def runs(data_env, tmp_path_factory):
     reference = lab.root / "reference"
     first = lab.run(lab.argv(reference, **{"train.num_steps": NUM_STEPS}))
     assert first.rc == 0, first.stderr[-3000:]
+
     def divergence_then_two_runs():
         return (R.divergence(lab, reference, lab.root, NUM_STEPS, NAN_STEP),
                 R.two_runs_one_workdir(lab, reference, lab.root / "two-runs", NUM_STEPS))

@@ -28,7 +28,7 @@ def get_sweep():
 
 def _write_sweep(data_env, tmp_path):
     fields = {"model.preset": "bert-L2-H128", "data.max_seq_length": 32, "data.eval_batch_size": 32,
-              "data.tokenizer": str(data_env / "tok"), "data.buckets": "(16,)", "data.train_split": "test[:200]",
+              "data.tokenizer": str(data_env / "tok"), "data.buckets": "()", "data.train_split": "test[:200]",
               "data.eval_split": "validation[:32]", "data.test_split": "", "optim.warmup_steps": 2,
               "train.num_steps": 60, "train.log_every": 10, "train.eval_every": 60, "train.checkpoint_every": 10,
               "train.best_metric": "", "mesh.data": 1}

@@ -102,13 +102,12 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     # One output line per input line: an empty text gets an empty answer; a text cut to fit is counted.
     lines_in = [texts[0], "", "   ", " ".join([texts[1]] * 8)]
     (tmp_path / "texts.txt").write_text("\n".join(lines_in) + "\n")
-    with caplog.at_level(logging.WARNING):
-        assert cli.main(["predict", "--workdir", str(fine), "--file", str(tmp_path / "texts.txt")]) == 0
+    with caplog.at_level(logging.WARNING):  # (an empty argument first, then the file's lines)
+        assert cli.main(["predict", "--workdir", str(fine), "--file", str(tmp_path / "texts.txt"), ""]) == 0
     out = capsys.readouterr().out.split("\n")
-    assert out[1:4] == ["\t\t", "\t\t   ", out[3]] and out[4] == "" and len(out) == 5
-    assert [line.split("\t")[2] for line in out[:4]] == lines_in and out[0].split("\t")[0] in labels
+    assert out[0] == "\t\t" and out[2:4] == ["\t\t", "\t\t   "] and out[5] == "" and len(out) == 6
+    assert [line.split("\t")[2] for line in out[1:5]] == lines_in and out[1].split("\t")[0] in labels
     assert "1 of 2 texts are longer than data.max_seq_length=32 tokens" in caplog.text
-    assert cli.main(["predict", "--workdir", str(fine), ""]) == 0 and capsys.readouterr().out == "\t\t\n"
 
 
 def _losses(data_env, workdir, mesh, **fields):
