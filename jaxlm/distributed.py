@@ -1,6 +1,7 @@
 """Multi-host runs: one jaxlm process per host, joined by `jax.distributed` into one set of devices.
 
     TPU VM (one host or a pod slice)   automatic: jax finds the workers from the TPU metadata
+    SLURM (srun), Open MPI (mpirun)    automatic: jax reads the coordinator, count and id from their environment
     GPU cluster, tests on one machine  explicit: --coordinator HOST:PORT --num-processes N --process-id I
                                        (or JAXLM_COORDINATOR, JAXLM_NUM_PROCESSES, JAXLM_PROCESS_ID)
 
@@ -52,9 +53,10 @@ def skip_absent_tpu() -> None:
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, init_timeout: int | None = None) -> None:
-    """Join the run's processes, from the flags, else the JAXLM_* environment, else the TPU VM's metadata.
+    """Join the run's processes, from the flags, else the JAXLM_* environment, else the TPU VM's metadata, else
+    a SLURM or Open MPI job's environment (`detected_cluster`).
 
-    Without any of them, and off a TPU VM, this is a single-process run and nothing happens. Call it before
+    Without any of them, this is a single-process run and nothing happens. Call it before
     anything touches a jax device. (jax is imported here, not with the module: `jaxlm --help` stays quick.)
     A process other than 0 first waits `init_timeout` seconds at most for the coordinator's port to answer and
     stops with one line if it never does (jax's own client would abort the process with a stack trace); jax
@@ -89,10 +91,32 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                           f"{given['coordinator']}: {str(e).strip().splitlines()[0][:300]}") from e
     elif on_tpu_vm():
         jax.distributed.initialize(initialization_timeout=_init_timeout(init_timeout))
+    elif cluster := detected_cluster():  # srun / mpirun: jax reads the coordinator, count and id from their env
+        try:
+            jax.distributed.initialize(cluster_detection_method=cluster,
+                                       initialization_timeout=_init_timeout(init_timeout))
+        except RuntimeError as e:
+            raise OSError(f"multi-host: could not join the {cluster} job's processes: "
+                          f"{str(e).strip().splitlines()[0][:300]}") from e
+        if jax.process_index() == 0:
+            logging.getLogger(__name__).info("multi-host: joined the %d processes of this %s job",
+                                             jax.process_count(), cluster)
     else:
         return
     if jax.process_index() != 0:  # one voice: process 0 reports, the others only warn
         logging.getLogger().setLevel(logging.WARNING)
+
+
+def detected_cluster() -> str | None:
+    """'slurm' or 'ompi' when this process is one of several tasks that SLURM (srun) or Open MPI (mpirun)
+    launched, else None (a job of one task runs alone; TPU VMs are found apart). Without this, each task of an
+    srun would train alone, all of them into one workdir."""
+    from jax._src.clusters import OmpiCluster, SlurmCluster  # jax's own detection, as jax.distributed uses it
+
+    for env in (SlurmCluster, OmpiCluster):
+        if env.is_env_present() and env.get_process_count() > 1:
+            return env.name
+    return None
 
 
 def sync(name: str) -> None:

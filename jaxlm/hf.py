@@ -384,6 +384,56 @@ def save_pretrained(
     return directory
 
 
+def write_model_card(workdir: str | pathlib.Path, out: str | pathlib.Path, architecture: str) -> pathlib.Path:
+    """OUT/README.md, the Hub's model card of an exported jaxlm workdir: what it was trained on, for how long, from
+    what, and its results (results.json), with the metadata the Hub reads (library, tags, datasets, base model)."""
+    import jaxlm
+
+    workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+    read = lambda name: json.loads((workdir / name).read_text()) if (workdir / name).is_file() else {}  # noqa: E731
+    config, results, run = read("config.json"), read("results.json"), read("run.json")
+    task, data, model = config.get("task", {}), config.get("data", {}), config.get("model", {})
+    optim, train = config.get("optim", {}), config.get("train", {})
+    init_from = model.get("init_from") or ""
+    meta = ["---", "library_name: transformers", f"tags: [jaxlm, {'gpt2' if 'GPT2' in architecture else 'bert'}"
+            f"{', ' + task['name'] if task.get('name') else ''}]"]
+    if data.get("dataset"):
+        meta.append(f"datasets: [{json.dumps(data['dataset'])}]")
+    if init_from.startswith("hf:") and not pathlib.Path(init_from[3:]).exists():
+        meta.append(f"base_model: {init_from[3:]}")  # a Hub id
+    meta.append("---")
+    lines = [*meta, "", f"# {workdir.resolve().name}", "",
+             f"A `{architecture}` trained with jaxlm {jaxlm.__version__}"
+             + (f" (commit {run['git_commit'][:12]}{', with local changes' if run.get('git_dirty') else ''})"
+                if run.get("git_commit") else "")
+             + " and exported by `jaxlm convert --to-hf`.", "", "## Training", "",
+             f"- task: `{task.get('name', '?')}`",
+             f"- data: `{data.get('dataset') or data.get('path') or '(none recorded)'}`, split "
+             f"`{data.get('train_split', 'train')}`, texts cut to {data.get('max_seq_length', '?')} tokens",
+             f"- model: `{model.get('preset', '?')}`, initialised from "
+             + (f"`{init_from}`" if init_from else "random weights"),
+             f"- steps: {results.get('step', '?')} of batch {data.get('batch_size', '?')}, "
+             f"learning rate {optim.get('learning_rate', '?')}, seed {train.get('seed', '?')}"]
+    if run.get("devices"):
+        d = run["devices"]
+        lines.append(f"- on {d.get('count')} x {d.get('kind')} ({d.get('processes')} process(es))")
+    lines += ["", "## Results", ""]
+    splits = [(name, results[name]) for name in ("eval", "test") if isinstance(results.get(name), dict)]
+    if splits:
+        lines += ["| split | metric | value |", "| --- | --- | --- |"]
+        lines += [f"| {data.get(f'{name}_split', name)} | {k} | {v:.4g} |" for name, metrics in splits
+                  for k, v in metrics.items() if isinstance(v, (int, float))]
+    else:
+        lines.append("No evaluation was recorded (results.json has none).")
+    auto = "AutoModelForCausalLM" if "GPT2" in architecture else (
+        "AutoModelForSequenceClassification" if "Classification" in architecture else "AutoModelForPreTraining")
+    lines += ["", "## Use", "", "```python", f"from transformers import AutoTokenizer, {auto}", "",
+              f'tokenizer = AutoTokenizer.from_pretrained("{out}")', f'model = {auto}.from_pretrained("{out}")',
+              "```", ""]
+    (out / "README.md").write_text("\n".join(lines))
+    return out / "README.md"
+
+
 def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
     """A Hugging Face BERT or GPT-2 directory -> a jaxlm workdir (config.json, model.json, labels.json, tokenizer,
     checkpoints/0) that evaluate, predict (generate), convert --to-hf and model.init_from='jaxlm:OUT' take. Its task

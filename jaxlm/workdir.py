@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -133,6 +134,8 @@ def run_info(config) -> dict:
     import optax
     import orbax.checkpoint
 
+    import jaxlm
+
     try:
         root = pathlib.Path(__file__).resolve().parents[1]
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
@@ -144,7 +147,7 @@ def run_info(config) -> dict:
     return {
         "git_commit": commit,
         "git_dirty": dirty,
-        "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+        "versions": {"jaxlm": jaxlm.__version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
                      "orbax-checkpoint": orbax.checkpoint.__version__, "python": platform.python_version()},
         "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
                     "processes": jax.process_count()},
@@ -157,7 +160,7 @@ def record_start(workdir: pathlib.Path, config) -> None:
     import jax
 
     if jax.process_index() == 0:
-        _write(workdir / "run.json", {**run_info(config), "resumes": []})
+        _write(workdir / "run.json", {"id": secrets.token_hex(8), **run_info(config), "resumes": []})
 
 
 def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, list]) -> None:
@@ -170,6 +173,7 @@ def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, l
     record = json.loads(path.read_text()) if path.is_file() else {"resumes": []}
     info = run_info(config)
     del info["config"]
+    record.setdefault("id", secrets.token_hex(8))  # (run.json before ids)
     record.setdefault("resumes", []).append({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **info,
                                              "changes": changes})
     _write(path, record)

@@ -121,6 +121,13 @@ def test_to_hf_classifier_gives_jaxlm_predict_probabilities(finetuned, tmp_path)
     assert [label for label, _ in predicted] == [model.config.id2label[i] for i in probs.argmax(-1)]
     np.testing.assert_allclose([p for _, p in predicted], probs.max(-1), atol=1e-5)
     assert probs.max(-1).std() > 1e-3  # the fine-tuned classifier tells the texts apart
+    # Its model card names the data, the steps and the results it was trained to.
+    card, config = (out / "README.md").read_text(), json.loads((finetuned / "config.json").read_text())
+    results = json.loads((finetuned / "results.json").read_text())
+    assert card.startswith("---\nlibrary_name: transformers\n") and "`BertForSequenceClassification`" in card
+    assert f'datasets: ["{config["data"]["dataset"]}"]' in card and f"- steps: {results['step']} of batch" in card
+    for split in [s for s in ("eval", "test") if s in results]:
+        assert f"| {config['data'][f'{split}_split']} | accuracy | {results[split]['accuracy']:.4g} |" in card
 
 
 def test_hf_classifier_to_jaxlm_and_back_through_the_cli(finetuned, pairs_task, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Multi-host on one machine: two processes of 4 fake CPU devices each, joined by jax.distributed (gloo).
+"""Multi-host on one machine: two processes of 4 fake CPU devices each, joined by jax.distributed (gloo), by flags
+or as the tasks of a SLURM job.
 
 They must train as one process with 8 devices does (up to the order of the collectives' sums), save the
 same step when only one of them is preempted, and resume together, passing over together a checkpoint that one
@@ -37,19 +38,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir, config, *extra, env1=None):
+def _start(workdir, config, *extra, env1=None, slurm=False):
     """Two `jaxlm pretrain` processes of one run (4 devices each), their outputs in workdir/../proc<i>.txt;
-    `env1`: more environment for process 1 alone."""
+    `env1`: more environment for process 1 alone. Joined by the --coordinator flags, or (`slurm`) by nothing but
+    the environment srun gives its two tasks."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     procs = []
     for i in range(2):
         out = open(workdir.parent / f"proc{i}.txt", "w")
+        join = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+        task_env = {**env, **((env1 or {}) if i else {})}
+        if slurm:
+            join = []
+            task_env.update(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+                            SLURM_PROCID=str(i), SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
         args = [sys.executable, "-m", "jaxlm.cli", "pretrain", "--config", f"{DEMO}:pretrain",
-                "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                "--process-id", str(i), *_overrides(config), *extra]
-        procs.append(subprocess.Popen(args, env={**env, **(env1 or {})} if i else env, stdout=out,
-                                      stderr=subprocess.STDOUT, text=True))
+                "--workdir", str(workdir), *join, *_overrides(config), *extra]
+        procs.append(subprocess.Popen(args, env=task_env, stdout=out, stderr=subprocess.STDOUT, text=True))
     return procs
 
 
@@ -105,13 +111,14 @@ def test_two_processes_match_one_agree_on_a_preemption_and_pass_over_what_one_ca
 
     # Both resume to the end; process 1 alone cannot read the preemption's checkpoint (an injected I/O error):
     # both restore the one before it, set the unreadable one aside together, and train on. The whole trajectory
-    # is the one-process one.
-    final, outputs = _finish(workdir, _start(workdir, config, env1={"JAXLM_FAULT": f"read:{saved}"}))
+    # is the one-process one. This time they are two tasks of a SLURM job, given no flags: they find each other.
+    final, outputs = _finish(workdir, _start(workdir, config, env1={"JAXLM_FAULT": f"read:{saved}"}, slurm=True))
     before = (saved - 1) // EVERY * EVERY
     assert [s["step"] for s in final] == [STEPS, STEPS]
     assert "injected" in outputs[1] and f"checkpoint {workdir / 'checkpoints' / str(saved)} cannot be read" in outputs[0]
     assert f"resumed from {workdir / 'checkpoints' / str(before)}" in outputs[0]
     assert [p.name for p in (workdir / "unreadable").iterdir()] == [f"checkpoints-{saved}"]
+    assert "joined the 2 processes of this slurm job" in outputs[0]
     assert "INFO" not in outputs[1] and "step/s" not in outputs[1]  # one voice: process 0 logs, process 1 is quiet
     got = _losses(workdir)
     assert sorted(got) == sorted(expected)
@@ -154,3 +161,16 @@ def test_explicit_multihost_flags_must_come_together(monkeypatch):
     with pytest.raises(ValueError, match=r"\$JAXLM_PROCESS_ID='one': expected an integer"):
         monkeypatch.setenv("JAXLM_PROCESS_ID", "one")
         distributed.initialize(coordinator="127.0.0.1:1234")
+
+
+def test_only_a_job_of_several_tasks_is_joined(monkeypatch):
+    """srun's and mpirun's environments are found (the end-to-end run above joins a SLURM job's two tasks);
+    a job of one task trains alone."""
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "OMPI_"))]:
+        monkeypatch.delenv(name)
+    assert distributed.detected_cluster() is None
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1531576320.0;tcp://10.96.0.1:34911")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    assert distributed.detected_cluster() is None
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert distributed.detected_cluster() == "ompi"

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -36,7 +37,9 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
     for name in ("loss.png", "accuracy.png", "run.json", "config.json", "model.json"):
         assert (pre / name).exists(), name
     assert list((pre / "tensorboard").glob("events.out.tfevents.*"))
-    assert json.loads((pre / "run.json").read_text())["versions"]["jax"] == jax.__version__
+    run = json.loads((pre / "run.json").read_text())
+    assert run["versions"]["jax"] == jax.__version__ and run["versions"]["jaxlm"] == jaxlm.__version__
+    assert re.fullmatch(r"[0-9a-f]{16}", run["id"])
     saved = json.loads((pre / "results.json").read_text())
     files = {p: p.stat().st_mtime_ns for p in pre.rglob("*") if p.is_file() and p.name != "run.lock"}
     with caplog.at_level(logging.INFO, logger="jaxlm.train"):  # finished
@@ -96,9 +99,14 @@ def test_pretrain_finetune_evaluate_predict(data_env, tmp_path, capsys, caplog):
                                model.embed([short, many[1] * 3], pooling="mean")[0], rtol=1e-5, atol=1e-6)
     assert all(len(r) == 3 and r[0][1] >= r[1][1] >= r[2][1] and sum(p for _, p in r) <= 1 + 1e-6 for r in ranked)
     assert model.predict([]) == []
-    assert cli.main(["predict", "--workdir", str(fine), "--top", "2", texts[0]]) == 0
-    first, p1, second, p2, echoed = capsys.readouterr().out.strip().split("\t")
-    assert first != second and float(p1) >= float(p2) and echoed == texts[0]
+    assert cli.main(["predict", "--workdir", str(fine), "--top", "2", "--json", texts[0], ""]) == 0
+    answer, empty = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    first, second = answer["top"]
+    assert answer["text"] == texts[0] and (answer["label"], answer["probability"]) == tuple(first.values())
+    assert first["label"] != second["label"] and first["probability"] >= second["probability"]
+    np.testing.assert_allclose([first["probability"], second["probability"]],
+                               [p for _, p in model.predict(texts[:1], top=2)[0]], rtol=1e-6)
+    assert empty == {"text": "", "label": None, "probability": None, "top": []}
     # One output line per input line: an empty text gets an empty answer; a text cut to fit is counted.
     lines_in = [texts[0], "", "   ", " ".join([texts[1]] * 8)]
     (tmp_path / "texts.txt").write_text("\n".join(lines_in) + "\n")
@@ -216,3 +224,12 @@ def test_misspelt_config_field_names_the_nearest(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "config.optim.learning_rate" in err
+
+
+def test_version_is_the_package_s(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"jaxlm {jaxlm.__version__}"
+    assert metadata.version("jaxlm") == jaxlm.__version__  # pyproject.toml reads it from jaxlm/__init__.py
