@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"  # the one place it is set (pyproject.toml reads it); recorded in every run.json
 
+from jaxlm import distributed as _distributed
+
+_distributed.skip_absent_tpu()  # off a TPU VM, an installed libtpu (tpu and test extras) is never started: no noise
+
 
 def load(workdir, *overrides: str):
     """A trained jaxlm workdir, restored and compiled once (`jaxlm.inference.Model`)."""

@@ -211,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "etils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    distributed.skip_absent_tpu()
     try:
         if args.command in ("pretrain", "finetune", "train"):
             return _train(args, overrides)

@@ -181,6 +181,7 @@ def base() -> ml_collections.ConfigDict:
         on_nonfinite="skip",  # a non-finite loss/gradient is never applied; 'skip' goes on, 'stop' stops
         profile_start=0,  # a profiler trace (TensorBoard / Perfetto) of steps [start, start + steps)
         profile_steps=0,  # 0 = no trace; written to workdir/profile
+        wandb_project="",  # also log to this Weights & Biases project (extra 'wandb'; WANDB_MODE=offline works)
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     return c

@@ -1,4 +1,5 @@
-"""What a researcher watches: TensorBoard events, metrics.jsonl, a progress bar, PNG plots, run info.
+"""What a researcher watches: TensorBoard events, metrics.jsonl, a progress bar, PNG plots, and (train.wandb_project)
+a Weights & Biases run.
 
 Only process 0 writes (every process computes the same global metrics). MFU has one definition, here:
 
@@ -72,11 +73,52 @@ def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best / jax.local_device_count()
 
 
-class Monitor:
-    """Writes metrics to TensorBoard, metrics.jsonl and the progress bar; plots them at the end."""
+class WandbRun:
+    """One Weights & Biases run per workdir: its id is run.json's, so a resume continues the same W&B run. It gets
+    the config, the scalars TensorBoard gets (x-axis `step`), the samples as a table, and the results as its
+    summary. WANDB_MODE=offline writes it under WORKDIR/wandb for `wandb sync`."""
 
-    def __init__(self, workdir: pathlib.Path, *, total_steps: int, start_step: int, enabled: bool):
-        self.workdir, self.enabled = workdir, enabled
+    def __init__(self, run):
+        self.run = run
+
+    @classmethod
+    def start(cls, project: str, workdir: pathlib.Path, run_id: str | None, config) -> "WandbRun | None":
+        if not project or jax.process_index() != 0:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError(f"config.train.wandb_project={project!r}: needs wandb (pip install 'jaxlm[wandb]')") \
+                from None
+        run = wandb.init(project=project, dir=str(workdir), id=run_id, resume="allow", reinit="create_new",
+                         name=workdir.resolve().name,
+                         config=json.loads(config.to_json_best_effort()))
+        run.define_metric("*", step_metric="step")  # a resume re-logs steps after its checkpoint: keep them
+        return cls(run)
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        self.run.log({"step": step, **{f"{split}/{k}": v for k, v in metrics.items()}})
+
+    def samples(self, step: int, records: list[dict]) -> None:
+        import wandb
+
+        keys = list(records[0])
+        self.run.log({"step": step, "samples": wandb.Table(columns=keys, data=[[r[k] for k in keys]
+                                                                             for r in records])})
+
+    def finish(self, results: dict) -> None:
+        self.run.summary.update({f"{split}/{k}": v for split, metrics in results.items() if isinstance(metrics, dict)
+                                 for k, v in metrics.items()})
+        self.run.summary.update({k: v for k, v in results.items() if not isinstance(v, dict)})
+        self.run.finish()
+
+
+class Monitor:
+    """Writes metrics to TensorBoard, metrics.jsonl, the progress bar (and a W&B run); plots them at the end."""
+
+    def __init__(self, workdir: pathlib.Path, *, total_steps: int, start_step: int, enabled: bool,
+                 wandb: WandbRun | None = None):
+        self.workdir, self.enabled, self._wandb = workdir, enabled, wandb
         self._bar = self._tb = self._jsonl = None
         if not enabled:
             return
@@ -98,6 +140,8 @@ class Monitor:
         for key, value in metrics.items():
             self._tb.add_scalar(f"{split}/{key}", value, step)
         self._tb.flush()
+        if self._wandb:
+            self._wandb.log(step, split, metrics)
         if split == "train":
             shown = {k: metrics[k] for k in ("loss", "tokens_per_s", "steps_per_s", "mfu") if k in metrics}
             self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
@@ -119,6 +163,8 @@ class Monitor:
                                                                       for r in records)]
         self._tb.add_text("samples", "\n".join(table), step)
         self._tb.flush()
+        if self._wandb:
+            self._wandb.samples(step, records)
 
     def advance(self, step: int) -> None:
         if self.enabled:
@@ -135,6 +181,11 @@ class Monitor:
         self._tb.close()
         self._jsonl.close()
         plot_metrics(self.workdir)
+
+    def finish(self, results: dict) -> None:
+        """After close, once the results are known: the W&B run's summary, and its end."""
+        if self._wandb:
+            self._wandb.finish(results)
 
 
 def plot_metrics(workdir: pathlib.Path) -> list[pathlib.Path]:

@@ -151,9 +151,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
     if restored is None:  # what the workdir's checkpoints are: written once, when the first of them is trained
         if jax.process_index() == 0:
             exp.save_files(workdir)
-        jaxlm_workdir.record_start(workdir, config)
+        run_id = jaxlm_workdir.record_start(workdir, config)
     else:
-        jaxlm_workdir.record_resume(workdir, config, start, changes)
+        run_id = jaxlm_workdir.record_resume(workdir, config, start, changes)
     final: dict[str, Any] = {"step": start}
 
     index, count = sharding.host_data_shard(exp.mesh)
@@ -165,7 +165,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
     window = _Window(monitor.peak_flops_per_device() * jax.device_count())
     # Model FLOPs of a batch at its length (buckets make fine-tuning batches shorter than the maximum).
     batch_flops = functools.cache(lambda length: exp.task.flops_per_example(exp.model_config, length) * d.batch_size)
-    mon = monitor.Monitor(workdir, total_steps=num_steps, start_step=start, enabled=jax.process_index() == 0)
+    mon = monitor.Monitor(workdir, total_steps=num_steps, start_step=start, enabled=jax.process_index() == 0,
+                          wandb=monitor.WandbRun.start(t.wandb_project, workdir, run_id, config))
     stopping = _Stop(workdir)
     rng = jax.random.key(t.seed + 1)
     due = lambda step, every: step % every == 0 or step == num_steps  # noqa: E731
@@ -231,5 +232,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
             (workdir / name).write_text(json.dumps(content, indent=2) + "\n")
     if jax.process_index() == 0:
         results.write_text(json.dumps(final, indent=2) + "\n")
+    mon.finish(final)
     return final
 

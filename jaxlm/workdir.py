@@ -39,7 +39,7 @@ LOCK = "run.lock"
 # and where the same data lives. Anything else (data, task, model, optimizer, seed, dtype) is the run itself.
 RESUMABLE = ("config_file", "train.num_steps", "train.num_epochs", "train.stop_after", "train.log_every",
              "train.eval_every", "train.checkpoint_every", "train.keep", "train.on_nonfinite", "train.profile_start",
-             "train.profile_steps", "data.eval_split", "data.test_split", "data.eval_batch_size", "data.data_dir",
+             "train.profile_steps", "train.wandb_project", "data.eval_split", "data.test_split", "data.eval_batch_size", "data.data_dir",
              "model.attention", "model.remat", "mesh.")
 
 
@@ -155,20 +155,24 @@ def run_info(config) -> dict:
     }
 
 
-def record_start(workdir: pathlib.Path, config) -> None:
-    """run.json of a fresh run (process 0): its launch, and the resumes to come."""
-    import jax
-
-    if jax.process_index() == 0:
-        _write(workdir / "run.json", {"id": secrets.token_hex(8), **run_info(config), "resumes": []})
-
-
-def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, list]) -> None:
-    """Append this launch to run.json's resumes: its step, commit, versions, devices and changed settings."""
+def record_start(workdir: pathlib.Path, config) -> str | None:
+    """run.json of a fresh run (process 0): its id, its launch, and the resumes to come. Returns the id."""
     import jax
 
     if jax.process_index() != 0:
-        return
+        return None
+    run_id = secrets.token_hex(8)
+    _write(workdir / "run.json", {"id": run_id, **run_info(config), "resumes": []})
+    return run_id
+
+
+def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, list]) -> str | None:
+    """Append this launch to run.json's resumes: its step, commit, versions, devices and changed settings.
+    Returns the run's id (process 0)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return None
     path = workdir / "run.json"
     record = json.loads(path.read_text()) if path.is_file() else {"resumes": []}
     info = run_info(config)
@@ -177,6 +181,7 @@ def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, l
     record.setdefault("resumes", []).append({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **info,
                                              "changes": changes})
     _write(path, record)
+    return record["id"]
 
 
 def _write(path: pathlib.Path, content: dict) -> None:

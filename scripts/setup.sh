@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything jaxlm needs on a fresh Debian/Ubuntu machine with Python >= 3.11:
-# the Debian packages of the embedded corpus, a virtual environment in .venv, jaxlm with its test extra, the human
-# sentiment ratings (`jaxlm fetch-ratings`).
-# Idempotent: a second run only checks. Usage: bash scripts/setup.sh
+# the Debian packages of the embedded corpus, a virtual environment in .venv, jaxlm (with the extra named, if any),
+# the human sentiment ratings (`jaxlm fetch-ratings`).
+# Idempotent: a second run only checks. Usage: bash scripts/setup.sh [EXTRA]
+#   bash scripts/setup.sh        what the main job needs (no torch, no libtpu)
+#   bash scripts/setup.sh test   and the test suite's (transformers and CPU torch for parity, libtpu, wandb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +25,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.jaxlm-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "[setup] installing jaxlm and its dependencies into .venv (first time: a few minutes)"
+extra=${1:-}
+target=.; [ -n "$extra" ] && target=".[$extra]"
+stamp=.venv/.jaxlm-installed${extra:+-$extra}
+installed() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
+# (the test set-up holds the main one: a main job after the tests installs nothing)
+if ! installed "$stamp" && { [ -n "$extra" ] || ! installed .venv/.jaxlm-installed-test; }; then
+  echo "[setup] installing jaxlm${extra:+ with its $extra extra} into .venv (first time: a minute or more)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e "$target"
   touch "$stamp"
 fi
 # The human sentiment ratings (23,700 snippets, ~20 raters each) from the vaderSentiment 3.3.2 sdist, once.

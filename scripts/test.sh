@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Set everything up (scripts/setup.sh) and run the test suite. Extra arguments go to pytest.
+# Set everything up with the test extra (scripts/setup.sh test) and run the test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

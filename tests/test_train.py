@@ -233,3 +233,58 @@ def test_version_is_the_package_s(capsys):
         cli.main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"jaxlm {jaxlm.__version__}"
     assert metadata.version("jaxlm") == jaxlm.__version__  # pyproject.toml reads it from jaxlm/__init__.py
+
+
+def _wandb_records(path: pathlib.Path) -> list:
+    """The records of a W&B run file (its transaction log: LevelDB's log format, 32 KiB blocks of chunks, each
+    chunk a 7-byte header: CRC, length, kind (1 full, 2 first, 3 middle, 4 last); after a 7-byte file header)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    pos, pending, records = 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pending, pos = pending + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4) and pending:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_run_follows_the_workdir_across_a_resume(data_env, tmp_path, monkeypatch):
+    """train.wandb_project, in wandb's offline mode: W&B gets the scalars metrics.jsonl gets, by step, and the
+    results as its summary; a resume continues the same W&B run (run.json's id)."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    fields = {"train.num_steps": 4, "train.log_every": 1, "train.stop_after": 2, "train.wandb_project": "jaxlm-test",
+              "data.eval_split": ""}
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(tiny("scratch", data_env, **fields), workdir)
+    final = train.train_and_evaluate(tiny("scratch", data_env, **{**fields, "train.stop_after": 0}), workdir)
+    run_id = json.loads((workdir / "run.json").read_text())["id"]
+    files = sorted(workdir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert [f.name for f in files] == [f"run-{run_id}.wandb"] * 2  # two launches, one W&B run
+    history, summary, names = {}, {}, set()
+    for record in (r for f in files for r in _wandb_records(f)):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            names.add((record.run.run_id, record.run.project, record.run.display_name))
+        elif kind in ("history", "summary"):
+            items = record.history.item if kind == "history" else record.summary.update
+            values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
+            if kind == "history" and "train/loss" in values:
+                history[values["step"]] = values["train/loss"]
+            summary.update(values if kind == "summary" else {})
+    assert names == {(run_id, "jaxlm-test", "run")}
+    jsonl = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert history == {r["step"]: pytest.approx(r["loss"]) for r in jsonl if r["split"] == "train"}
+    assert sorted(history) == [1, 2, 3, 4]
+    assert summary["test/accuracy"] == pytest.approx(final["test"]["accuracy"]) and summary["step"] == 4
