@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("texts", nargs="*")
     s = sub.add_parser("convert", help="Hugging Face checkpoints in and out")
     g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--from-hf", metavar="SRC", help="a Hugging Face BERT or GPT-2 directory")
+    g.add_argument("--from-hf", metavar="SRC", help="a Hugging Face BERT or GPT-2: a directory or a Hub id (org/name)")
     g.add_argument("--to-hf", metavar="WORKDIR", help="a jaxlm workdir")
     s.add_argument("--out", required=True)
     s = sub.add_parser("tokenizer", help="train a tokenizer (SentencePiece, or a byte-level BPE)")

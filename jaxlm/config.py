@@ -99,7 +99,8 @@ def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = dict(
         preset="bert-base",  # a name from jaxlm.models.PRESETS (bert.PRESETS, gpt.PRESETS)
-        init_from="none",  # 'none', 'hf:DIR' (a Hugging Face BERT directory) or 'jaxlm:WORKDIR'
+        # 'none', 'jaxlm:WORKDIR', or a Hugging Face BERT or GPT-2: 'hf:DIR' or 'hf:ORG/NAME' (a Hub id, its cache)
+        init_from="none",
         max_position_embeddings=512,
         hidden_dropout=0.1,
         attention_dropout=0.1,

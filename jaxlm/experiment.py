@@ -74,10 +74,12 @@ def tokenizer_source(config) -> str:
     kind, _, where = config.model.init_from.partition(":")
     if kind not in ("hf", "jaxlm"):
         raise ValueError(f"config.data.tokenizer='init' takes model.init_from's tokenizer, but model.init_from="
-                         f"{config.model.init_from!r} is not 'hf:DIR' or 'jaxlm:WORKDIR'")
+                         f"{config.model.init_from!r} is not 'hf:DIR', 'hf:ORG/NAME' or 'jaxlm:WORKDIR'")
+    if kind == "hf":
+        return str(hf.locate(where, f"config.model.init_from={config.model.init_from!r}"))
     if not pathlib.Path(where).is_dir():
         raise FileNotFoundError(f"config.model.init_from={config.model.init_from!r}: no such directory {where}")
-    return where if kind == "hf" else str(pathlib.Path(where) / "tokenizer")
+    return str(pathlib.Path(where) / "tokenizer")
 
 
 def vocab_size(config) -> int:
@@ -96,7 +98,8 @@ def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict 
     m, run = config.model, execution(config)
     kind, _, where = (m.init_from or "none").partition(":")
     if kind == "hf":
-        model_config, params = hf.from_pretrained(where, "pretrain", **dataclasses.asdict(run))
+        model_config, params = hf.from_pretrained(hf.locate(where, f"config.model.init_from={m.init_from!r}"),
+                                                  "pretrain", **dataclasses.asdict(run))
     elif kind == "jaxlm":
         meta, params = checkpoint.restore_params(where)
         model_config = TransformerConfig.from_architecture(meta["identity"]["model"], run)
@@ -106,7 +109,8 @@ def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict 
                                    **{**m.overrides.to_dict(), **dataclasses.asdict(run)})
         params = None
     else:
-        raise ValueError(f"config.model.init_from={m.init_from!r}: expected 'none', 'hf:DIR' or 'jaxlm:WORKDIR'")
+        raise ValueError(f"config.model.init_from={m.init_from!r}: expected 'none', 'hf:DIR', 'hf:ORG/NAME' or "
+                         "'jaxlm:WORKDIR'")
     if model_config.vocab_size != vocab_size:
         raise ValueError(f"the tokenizer has {vocab_size} tokens but the model ({m.init_from}) has "
                          f"vocab_size={model_config.vocab_size}; use the checkpoint's own tokenizer "

@@ -253,15 +253,73 @@ FAMILIES = {
 }
 
 
+# What a checkpoint directory needs from the Hub: its config, weights and tokenizer (not its other formats).
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.txt", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"]
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")
+
+
+def locate(source: str | pathlib.Path, flag: str = "") -> pathlib.Path:
+    """The directory of a Hugging Face checkpoint: `source` itself when it exists (a path wins over a Hub id of
+    the same spelling), else the Hub id `org/name[@revision]` through huggingface_hub: its cache, downloaded
+    when missing, and nothing but the cache with HF_HUB_OFFLINE=1. `flag` names the setting in errors."""
+    path = pathlib.Path(source).expanduser()
+    where = flag or str(source)
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"{where}: {path} is a file; a Hugging Face checkpoint is a directory")
+        return path
+    text = str(source)
+    if not _HUB_ID.fullmatch(text) or text.startswith((".", "~")):
+        raise FileNotFoundError(f"{where}: no such directory {path} (nor a Hub id org/name)")
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    repo_id, _, revision = text.partition("@")
+    get = lambda patterns: pathlib.Path(huggingface_hub.snapshot_download(  # noqa: E731
+        repo_id, revision=revision or None, allow_patterns=patterns))
+    try:
+        directory = get(HUB_FILES)
+        if not any(directory.glob("*.safetensors")) and not (directory / "model.safetensors.index.json").exists():
+            directory = get([*HUB_FILES, "pytorch_model.bin"])  # a checkpoint from before safetensors
+    except errors.RepositoryNotFoundError:
+        raise FileNotFoundError(f"{where}: no such directory, and the Hub has no model {repo_id!r} (or it is "
+                                "private: `hf auth login`)") from None
+    except errors.RevisionNotFoundError:
+        raise FileNotFoundError(f"{where}: the Hub model {repo_id!r} has no revision {revision!r}") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as e:
+        how = "HF_HUB_OFFLINE is set" if huggingface_hub.constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise FileNotFoundError(
+            f"{where}: no such directory, and the Hub model {repo_id!r} is not in the Hugging Face cache "
+            f"({huggingface_hub.constants.HF_HUB_CACHE}) while {how}: run `hf download {text.replace('@', ' --revision ')}` "
+            f"where the Hub is reachable (and copy the cache here), or give a local directory"
+            f" ({type(e).__name__})") from None
+    log.info("%s: the Hub model %s, from %s", where, text, directory)
+    return directory
+
+
 def _read_weights(directory: pathlib.Path) -> tuple[dict[str, np.ndarray], pathlib.Path]:
     st, pt = directory / "model.safetensors", directory / "pytorch_model.bin"
-    if st.exists():
+    index = directory / "model.safetensors.index.json"
+    if st.exists() or index.exists():
         from safetensors.numpy import load_file
 
-        try:
-            return load_file(str(st)), st
-        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-            raise ValueError(f"{st}: cannot read the weights ({e}); the file may be truncated or corrupt") from e
+        shards = [st]
+        if not st.exists():  # a sharded checkpoint: the index maps each weight to its file
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{index}: expected JSON with a 'weight_map' of weight -> file ({e})") from None
+            shards = [directory / name for name in sorted(set(weight_map.values()))]
+        weights = {}
+        for shard in shards:
+            if not shard.is_file():
+                raise FileNotFoundError(f"{index}: names {shard.name}, which is not in {directory}")
+            try:
+                weights.update(load_file(str(shard)))
+            except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+                raise ValueError(f"{shard}: cannot read the weights ({e}); the file may be truncated or corrupt") from e
+        return weights, st if st.exists() else index
     if pt.exists():
         try:
             import torch
@@ -309,13 +367,13 @@ def from_pretrained(
     path: str | pathlib.Path, task: str = "pretrain", *, num_labels: int | None = None, seed: int = 0,
     **config_overrides,
 ) -> tuple[TransformerConfig, dict]:
-    """Read a Hugging Face BERT or GPT-2 directory -> (model config, params of the model for `task`).
+    """Read a Hugging Face BERT or GPT-2 directory (or Hub id, `locate`) -> (model config, params for `task`).
 
     A GPT-2 is read as a decoder whatever the task. BERT heads the file lacks (e.g. the MLM head of a `BertModel`
     checkpoint) are reported and initialised fresh from `seed`; heads the task does not use are dropped.
     `config_overrides` set fields such as dtype, dropout or scan_layers; with scan_layers the layers are stacked.
     """
-    directory = pathlib.Path(path)
+    directory = locate(path)
     cfg_file = directory / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file}: not found; a Hugging Face checkpoint directory holds config.json")
@@ -446,9 +504,10 @@ def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
     from jaxlm import config as jaxlm_config
     from jaxlm.data.tokenizer import load_tokenizer
 
-    directory, out = pathlib.Path(path), pathlib.Path(out)
+    out = pathlib.Path(out)
     if (out / "config.json").exists() or (out / "checkpoints").exists():
         raise FileExistsError(f"--out {out}: already holds a jaxlm workdir; give a new directory")
+    directory = locate(path, f"--from-hf {path}")
     cfg_file = directory / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file}: not found; a Hugging Face checkpoint directory holds config.json")
@@ -457,7 +516,7 @@ def write_workdir(path: str | pathlib.Path, out: str | pathlib.Path) -> str:
     classifier = not decoder and any(a.endswith("ForSequenceClassification")
                                      for a in hf_config.get("architectures") or [])
     c = jaxlm_config.base()
-    c.model.init_from, c.data.tokenizer, c.data.dataset, c.mesh.data = f"hf:{directory}", "init", "", -1
+    c.model.init_from, c.data.tokenizer, c.data.dataset, c.mesh.data = f"hf:{path}", "init", "", -1
     labels = None
     if classifier:
         id2label = hf_config.get("id2label") or {}

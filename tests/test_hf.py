@@ -9,7 +9,8 @@ import pytest
 import torch
 import transformers
 
-from jaxlm import hf
+from jaxlm import config as jaxlm_config
+from jaxlm import experiment, hf
 from jaxlm.models import bert
 from tests.minilm import minilm_dir
 
@@ -160,7 +161,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, hf_pretraining):
     (empty / "config.json").write_text((good / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
         hf.from_pretrained(empty)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no such directory .*nowhere \(nor a Hub id org/name\)"):
         hf.from_pretrained(tmp_path / "nowhere")
 
     t5 = tmp_path / "t5"
@@ -184,6 +185,41 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, hf_pretraining):
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated/model.safetensors: cannot read"):
         hf.from_pretrained(truncated)
+
+
+def test_hub_ids_resolve_through_the_cache_a_path_wins_and_offline_says_how(tmp_path, hf_pretraining, monkeypatch):
+    """'org/name' goes through huggingface_hub: a sharded checkpoint in its cache (the layout `hf download` leaves:
+    refs/main -> snapshots/COMMIT) reads as the one-file one; offline, an id not cached is one line saying how to
+    get it; a directory of the same spelling wins over the id."""
+    import huggingface_hub
+
+    model, good = hf_pretraining
+    cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--jaxlm-test--tiny-bert"
+    model.save_pretrained(repo / "snapshots" / commit, max_shard_size="100KB")  # transformers' own shards
+    assert len(list((repo / "snapshots" / commit).glob("model-*-of-*.safetensors"))) > 1
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+
+    config, params = hf.from_pretrained("jaxlm-test/tiny-bert")
+    expected_config, expected = hf.from_pretrained(good)
+    assert config == expected_config
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+    c = jaxlm_config.base()
+    c.model.init_from, c.data.tokenizer = "hf:jaxlm-test/tiny-bert", "init"
+    assert experiment.tokenizer_source(c) == str(repo / "snapshots" / commit)
+
+    with pytest.raises(FileNotFoundError, match=r"^--from-hf jaxlm-test/absent: no such directory, and the Hub model "
+                                                r"'jaxlm-test/absent' is not in the Hugging Face cache \(.*hub\) while "
+                                                r"HF_HUB_OFFLINE is set: run `hf download jaxlm-test/absent`"):
+        hf.locate("jaxlm-test/absent", "--from-hf jaxlm-test/absent")
+    (tmp_path / "jaxlm-test" / "tiny-bert").mkdir(parents=True)  # a directory spelt as the id
+    (tmp_path / "jaxlm-test" / "tiny-bert" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ValueError, match="model_type='t5'"):
+        hf.from_pretrained("jaxlm-test/tiny-bert")
 
 
 SENTENCES = [
