@@ -49,6 +49,16 @@ def test_sentencepiece_fixed_special_ids_and_exact_vocab(fortunes, tmp_path, mod
     assert [t.id_to_piece(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert t.vocab_size == 500
     assert t.id_to_piece(5) == "<0x00>"  # the byte pieces follow the special tokens
+    # What `convert --to-hf` writes beside the model: transformers' AutoTokenizer loads it and gives jaxlm's ids,
+    # with BERT's [CLS] A [SEP] (B [SEP]) around them; special tokens written in a text stay text.
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    texts = [*fortunes[:300], *UNICODE_TEXTS, "  runs   of spaces\tand\nlines ", "[MASK] [CLS] in a text", "12345", ""]
+    cls, sep = t.cls_id, t.sep_id
+    assert hf(texts)["input_ids"] == [[cls, *ids.tolist(), sep] for ids in t.encode(texts)]
+    pair = hf(texts[0], texts[1])
+    assert pair["input_ids"] == [cls, *t.encode(texts[:1])[0].tolist(), sep, *t.encode(texts[1:2])[0].tolist(), sep]
+    assert pair["token_type_ids"] == [0] * (len(t.encode(texts[:1])[0]) + 2) + [1] * (len(t.encode(texts[1:2])[0]) + 1)
 
 
 def test_sentencepiece_byte_fallback_never_unknown(sentencepiece):

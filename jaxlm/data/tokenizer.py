@@ -1,12 +1,13 @@
-"""Tokenizers behind one interface: SentencePiece trained by jaxlm, WordPiece from a Hugging Face vocab, and
-byte-level BPE (GPT-2's) through Hugging Face `tokenizers`, read, written and trained by jaxlm.
+"""Tokenizers behind one interface: SentencePiece trained by jaxlm, and through Hugging Face `tokenizers` WordPiece
+from a Hugging Face vocab and byte-level BPE (GPT-2's), read, written and trained by jaxlm.
 
 `Tokenizer` is what the rest of jaxlm sees: `encode` a batch of texts to int32 ids (no special tokens
 added), `encode_words` for whole-word masking, `decode`, the special ids and the vocabulary size.
 `SentencePieceTokenizer` is trained in-process (`train_sentencepiece`, `train_tokenizer_from_dataset`) with
 its special tokens at fixed ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then the 256 byte pieces
 (byte fallback: no text becomes unknown), then the learned pieces. `WordPieceTokenizer` reads an imported
-checkpoint's `vocab.txt` and `tokenizer_config.json` and gives the ids of transformers' `BertTokenizerFast`.
+checkpoint's `vocab.txt` and `tokenizer_config.json` and gives the ids of transformers' `BertTokenizerFast`, run by
+Hugging Face `tokenizers` as BertTokenizerFast is.
 `ByteLevelBPETokenizer` reads `tokenizer.json` (or GPT-2's `vocab.json` + `merges.txt`) and gives the ids of
 transformers' `GPT2TokenizerFast`; its one special token, <|endoftext|>, ends a document (`eos_id`) and pads.
 A decoder's end of text is `eos_id`: <|endoftext|>, or [SEP] for SentencePiece and WordPiece.
@@ -20,7 +21,6 @@ import itertools
 import json
 import os
 import pathlib
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -151,12 +151,58 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode(ids[~self._drop[ids]].tolist())
 
     def save(self, directory: str | os.PathLike) -> None:
+        """spm.model and spm.json (what jaxlm reads), and tokenizer.json + tokenizer_config.json: the same
+        tokenizer for transformers' AutoTokenizer (a PreTrainedTokenizerFast adding [CLS] A [SEP] B [SEP])."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SPM_MODEL).write_bytes(self.model_proto)
         description = {**self.description, "kind": "sentencepiece", "vocab_size": self.vocab_size,
                        "special_ids": self.special_ids}
         (directory / SPM_JSON).write_text(json.dumps(description, indent=2) + "\n")
+        self.to_tokenizers().save(str(directory / HF_TOKENIZER_JSON))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "split_special_tokens": True,  # "[MASK]" written in a text is text, as in jaxlm
+                  "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+                  **{f"{k}_token": v for k, v in SPECIAL_PIECES.items()}}
+        (directory / HF_TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    def to_tokenizers(self) -> tokenizers.Tokenizer:
+        """This model as a Hugging Face `tokenizers` pipeline with the same ids: SentencePiece's normalization
+        (its precompiled character map, whitespace runs as one), the word-boundary mark before each word, the
+        unigram lattice (or the BPE merges, ranked by the score of the piece they make) with byte fallback; the
+        special tokens added, and BERT's [CLS] A [SEP] (B [SEP]) around the ids."""
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto.FromString(self.model_proto)
+        pieces = [(p.piece, p.score) for p in proto.pieces]
+        specials = set(SPECIAL_PIECES.values())
+        if proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
+            # control pieces never match text in SentencePiece: a score no path through text takes
+            model = tokenizers.models.Unigram([(p, -1e9 if p in specials else score) for p, score in pieces],
+                                              unk_id=self.unk_id, byte_fallback=True)
+        else:
+            vocab = {p: i for i, (p, _) in enumerate(pieces)}
+            merges = sorted(((left, piece[len(left):]) for piece, i in vocab.items() if piece not in specials
+                             for left in (piece[:k] for k in range(1, len(piece)))
+                             if left in vocab and piece[len(left):] in vocab),
+                            key=lambda pair: (vocab[pair[0] + pair[1]], vocab[pair[0]], vocab[pair[1]]))
+            model = tokenizers.models.BPE(vocab, merges, unk_token=SPECIAL_PIECES["unk"], byte_fallback=True,
+                                          fuse_unk=True)
+        tok = tokenizers.Tokenizer(model)
+        charsmap = proto.normalizer_spec.precompiled_charsmap
+        tok.normalizer = tokenizers.normalizers.Sequence(
+            ([tokenizers.normalizers.Precompiled(charsmap)] if charsmap else [])
+            + [tokenizers.normalizers.Replace(tokenizers.Regex(" {2,}"), " "), tokenizers.normalizers.Strip()])
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = tokenizers.decoders.Sequence([
+            tokenizers.decoders.Metaspace(replacement="\u2581", prepend_scheme="always"),
+            tokenizers.decoders.ByteFallback(), tokenizers.decoders.Fuse()])
+        tok.add_special_tokens([tokenizers.AddedToken(p, special=True, normalized=False) for p in SPECIAL_PIECES.values()])
+        cls, sep = SPECIAL_PIECES["cls"], SPECIAL_PIECES["sep"]
+        tok.post_processor = tokenizers.processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, self.cls_id), (sep, self.sep_id)])
+        return tok
 
 
 def _reservoir(items: Iterable[str], size: int, seed: int) -> list[str]:
@@ -267,54 +313,10 @@ def train_tokenizer_from_dataset(
 
 # ----------------------------------------------------------------------------------------------- WordPiece
 
-# The CJK Unified Ideograph blocks BERT pads with spaces.
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
-
-
-def _is_punctuation(char: str) -> bool:
-    code = ord(char)
-    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
-        return True
-    return unicodedata.category(char).startswith("P")
-
-
-class _BertNormalizer(dict):
-    """A `str.translate` table doing BertNormalizer and BertPreTokenizer's punctuation split.
-
-    Each code point maps to its normalized text, with ' ' around punctuation and CJK characters so that
-    `str.split()` then yields BERT's words. Filled lazily, one code point at a time, as tokenizers' Rust
-    normalizer works per character (clean, CJK, NFD minus accents, lower-case).
-    """
-
-    def __init__(self, lowercase: bool, strip_accents: bool, chinese_chars: bool):
-        super().__init__()
-        self.lowercase, self.strip_accents, self.chinese_chars = lowercase, strip_accents, chinese_chars
-
-    def __missing__(self, code: int) -> str:
-        self[code] = value = self._normalize(chr(code))
-        return value
-
-    def _normalize(self, char: str) -> str:
-        code = ord(char)
-        if char in "\t\n\r" or (char.isspace() and not unicodedata.category(char).startswith("C")):
-            return " "
-        if code == 0 or code == 0xFFFD or unicodedata.category(char).startswith("C"):
-            return ""
-        if self.chinese_chars and any(lo <= code <= hi for lo, hi in _CJK_RANGES):
-            return f" {char} "
-        text = char
-        if self.strip_accents:
-            text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-        if self.lowercase:
-            text = text.lower()
-        return "".join(" " if c.isspace() else f" {c} " if _is_punctuation(c) else c for c in text)
-
-
 class WordPieceTokenizer(Tokenizer):
-    """BERT's WordPiece: basic tokenization, then greedy longest-match-first pieces with '##'."""
-
-    _MAX_CACHE = 1_000_000  # cached words; the cache is emptied when it grows past this
+    """BERT's WordPiece, run by Hugging Face `tokenizers` (Rust, batched): BertNormalizer (clean, CJK, accents,
+    lower case), BertPreTokenizer (whitespace and punctuation), greedy longest-match-first pieces with '##', a
+    word with no pieces (or longer than `max_chars_per_word`) one [UNK]."""
 
     def __init__(
         self,
@@ -328,16 +330,19 @@ class WordPieceTokenizer(Tokenizer):
     ):
         self.vocab = list(vocab)
         self.vocab_size = len(self.vocab)
-        self._ids = {piece: i for i, piece in enumerate(self.vocab)}  # a repeated piece: the last id, as HF
+        ids = {piece: i for i, piece in enumerate(self.vocab)}  # a repeated piece: the last id, as HF
         self.lowercase = lowercase
         self.strip_accents = lowercase if strip_accents is None else strip_accents
         self.chinese_chars = chinese_chars
         self.special_pieces = {**SPECIAL_PIECES, **(special_pieces or {})}
-        self._set_special_ids(self.special_pieces, self._ids)
-        self.max_chars_per_word = max_chars_per_word
-        self._table = _BertNormalizer(self.lowercase, self.strip_accents, self.chinese_chars)
-        self._longest = max(len(p) for p in self.vocab)
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._set_special_ids(self.special_pieces, ids)
+        self._tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(
+            ids, unk_token=self.special_pieces["unk"], max_input_chars_per_word=max_chars_per_word))
+        self._tok.normalizer = tokenizers.normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=self.strip_accents,
+            lowercase=lowercase)
+        self._tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+        self._tok.decoder = tokenizers.decoders.WordPiece(prefix="##")
         self._drop = {self.pad_id, self.cls_id, self.sep_id, self.mask_id}
 
     @classmethod
@@ -358,64 +363,31 @@ class WordPieceTokenizer(Tokenizer):
             special_pieces=specials,
         )
 
-    def _pieces(self, word: str) -> tuple[int, ...]:
-        """Greedy longest-match-first ids of one word; (unk,) when any part of it has no piece."""
-        if len(word) > self.max_chars_per_word:
-            return (self.unk_id,)
-        ids, start = [], 0
-        while start < len(word):
-            for end in range(min(len(word), start + self._longest), start, -1):
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                token_id = self._ids.get(piece)
-                if token_id is not None:
-                    ids.append(token_id)
-                    start = end
-                    break
-            else:
-                return (self.unk_id,)
-        return tuple(ids)
-
-    def _word_ids(self, text: str) -> list[tuple[int, ...]]:
-        cache = self._cache
-        if len(cache) > self._MAX_CACHE:
-            cache.clear()
-        out = []
-        for word in text.translate(self._table).split():
-            ids = cache.get(word)
-            if ids is None:
-                ids = cache[word] = self._pieces(word)
-            out.append(ids)
-        return out
-
-    def _encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """All texts' ids (tokens,), each word's piece count (words,), and each text's token count."""
-        per_text = [self._word_ids(text) for text in texts]
-        words = list(itertools.chain.from_iterable(per_text))
-        ids = np.fromiter(itertools.chain.from_iterable(words), np.int32)
-        word_lengths = np.fromiter(map(len, words), np.int64, len(words))
-        return ids, word_lengths, [sum(map(len, text_words)) for text_words in per_text]
-
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        ids, _, lengths = self._encode_flat(texts)
-        return _split(ids, lengths)
+        return [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_words(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        ids, word_lengths, lengths = self._encode_flat(texts)
-        starts = np.zeros(len(ids), bool)
-        starts[np.cumsum(word_lengths) - word_lengths] = True
-        return list(zip(_split(ids, lengths), _split(starts, lengths)))
+        out = []
+        for e in self._tok.encode_batch(list(texts), add_special_tokens=False):
+            words = np.asarray(e.word_ids, np.int64)  # the pre-token (word) of each piece
+            starts = np.ones(len(words), bool)
+            starts[1:] = words[1:] != words[:-1]
+            out.append((np.asarray(e.ids, np.int32), starts))
+        return out
 
     def id_to_piece(self, token_id: int) -> str:
         return self.vocab[int(token_id)]
 
     def piece_to_id(self, piece: str) -> int:
-        return self._ids.get(piece, self.unk_id)
+        token_id = self._tok.token_to_id(piece)
+        return self.unk_id if token_id is None else token_id
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         pieces = [self.vocab[i] for i in np.asarray(ids).tolist() if i not in self._drop]
         return " ".join(pieces).replace(" ##", "")
 
     def save(self, directory: str | os.PathLike) -> None:
+        """vocab.txt and tokenizer_config.json: what transformers' AutoTokenizer loads as BertTokenizerFast."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / WORDPIECE_VOCAB).write_text("".join(p + "\n" for p in self.vocab), encoding="utf-8")
