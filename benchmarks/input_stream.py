@@ -3,7 +3,8 @@
     python benchmarks/input_stream.py [--dataset embedded_corpus] [--tokenizer DIR] [--max-seq-length 128]
 
 One core: a process pinned to the first core (what `taskset -c 0` does) builds the examples and streams
-one epoch. All cores: the examples are built with one tokenising process per core into a cache, then one
+one epoch. Then the build alone with 1, 2, 4, ... tokenising processes (`config.data.workers`). All cores: the
+examples are built with one tokenising process per core into a cache, then one
 process per core, pinned to it, acts as one host of a multi-host run and streams its shard of every global
 batch. Stages, over one epoch of the dataset's train split:
   build   read records, split sentences, tokenise, pair into NSP instances (the cached stage)
@@ -148,9 +149,14 @@ def main():
     for t, r in hf.items():
         report(f"HF DataCollatorForLanguageModeling ({t})", r["tokens"], r["examples"], r["stream"])
 
-    cache_dir = tempfile.mkdtemp(prefix="jaxlm-bench-cache-")
-    with fresh(1) as pool:
-        build = pool.submit(build_in_cache, args, cache_dir, len(cores)).result()
+    print("build against the number of tokenising processes (config.data.workers; 0 = all cores):")
+    for workers in sorted({*(2**i for i in range(len(cores).bit_length())), len(cores)}):
+        cache_dir = tempfile.mkdtemp(prefix="jaxlm-bench-cache-")
+        with fresh(1) as pool:
+            build = pool.submit(build_in_cache, args, cache_dir, workers).result()
+        report(f"build, {workers} process{'es' if workers > 1 else ''}", one["corpus_tokens"], one["examples"], build)
+        if workers != len(cores):
+            shutil.rmtree(cache_dir)
     with fresh(len(cores)) as pool:
         futures = [pool.submit(run_host, args, core, h, len(cores), cache_dir) for h, core in enumerate(cores)]
         hosts = [f.result() for f in futures]

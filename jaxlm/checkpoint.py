@@ -24,17 +24,16 @@ import contextlib
 import logging
 import math
 import os
-import pathlib
 import re
-import shutil
 import warnings
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from jaxlm import distributed, faults
+from jaxlm import distributed, faults, storage
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,14 @@ class StorageError(OSError):
     """A checkpoint that cannot be written: the message names it, the cause and the last complete one."""
 
 
-def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+def _manager(directory: epath.Path, keep: int) -> ocp.CheckpointManager:
     _check_writable(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
 
 
-def _check_writable(directory: pathlib.Path) -> None:
+def _check_writable(directory: epath.Path) -> None:
     """Fail at start-up, not at the first save, when checkpoints cannot be written in `directory`."""
     if directory.exists() and not directory.is_dir():
         raise StorageError(f"{directory}: cannot write checkpoints there: it is a file, not a directory")
@@ -86,9 +85,9 @@ def _unreadable(failure: BaseException | None) -> str:
 class Checkpoints:
     """The latest K checkpoints and the best one of a workdir."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int, identity: dict, layout: dict | None = None,
+    def __init__(self, workdir: str | os.PathLike, *, keep: int, identity: dict, layout: dict | None = None,
                  best_metric: str | None = None, best_mode: str = "max"):
-        self.workdir = pathlib.Path(workdir).absolute()  # orbax (tensorstore) needs absolute paths
+        self.workdir = storage.path(workdir)
         self.identity, self.layout = identity, layout or {}
         self.best_metric, self.best_mode = best_metric, best_mode
         self.latest = _manager(self.workdir / "checkpoints", keep)
@@ -243,7 +242,7 @@ class Checkpoints:
             while target.exists():
                 target = target.with_name(target.name + "+")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(source, target)
+            storage.move(source, target)
             log.warning("moved the unreadable checkpoint %s to %s", source, target)
         distributed.sync(f"jaxlm_set_aside_{manager.directory.name}_{step}")
         manager.reload()
@@ -297,12 +296,12 @@ class _ReadOnlyNotice(logging.Filter):
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
-def restore_params(workdir: str | pathlib.Path, abstract_params: Any | None = None, *, prefer_best: bool = True
+def restore_params(workdir: str | os.PathLike, abstract_params: Any | None = None, *, prefer_best: bool = True
                    ) -> tuple[dict, Any]:
     """(meta, params) of a jaxlm workdir's best (else latest) checkpoint, e.g. to fine-tune or predict.
 
     Without `abstract_params` the params come back as host numpy arrays."""
-    workdir = pathlib.Path(workdir).absolute()  # orbax (tensorstore) needs absolute paths
+    workdir = storage.path(workdir)
     for sub in (("best", "checkpoints") if prefer_best else ("checkpoints",)):
         directory = workdir / sub
         if not directory.is_dir():
@@ -328,9 +327,9 @@ def restore_params(workdir: str | pathlib.Path, abstract_params: Any | None = No
     raise FileNotFoundError(f"{workdir}: no jaxlm checkpoint (expected {workdir}/best or {workdir}/checkpoints)")
 
 
-def write_params(workdir: str | pathlib.Path, identity: dict, params: Any) -> pathlib.Path:
+def write_params(workdir: str | os.PathLike, identity: dict, params: Any) -> epath.Path:
     """A workdir holding only parameters (e.g. an imported Hugging Face checkpoint) to fine-tune from."""
-    directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    directory = storage.path(workdir) / "checkpoints"
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False), item_names=("state", "data", "meta"))
     manager.save(0, args=ocp.args.Composite(

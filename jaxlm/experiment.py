@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
+import os
 from typing import Any
 
 import jax
@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
-from jaxlm import checkpoint, distributed, faults, hf, metric_sums, optim, sharding, tasks, train_state
+from jaxlm import checkpoint, distributed, faults, hf, metric_sums, optim, sharding, storage, tasks, train_state
 from jaxlm import config as jaxlm_config
 from jaxlm.data import pipeline
 from jaxlm import models
@@ -43,7 +44,7 @@ def execution(config) -> Execution:
                      attention=m.attention)
 
 
-def resolve_tokenizer(config, workdir: pathlib.Path):
+def resolve_tokenizer(config, workdir: epath.Path):
     """config.data.tokenizer: a directory (spm.model or vocab.txt), 'train' (SentencePiece trained on the
     dataset, kept in workdir/tokenizer), or 'init' (the tokenizer of model.init_from). Saved in the workdir."""
     from jaxlm.data.tokenizer import load_tokenizer, saved_in, train_tokenizer_from_dataset
@@ -55,15 +56,17 @@ def resolve_tokenizer(config, workdir: pathlib.Path):
         if jax.process_index() == 0:
             log.info("training a %s tokenizer (vocab %d) on %s", d.tokenizer_model_type,
                      d.vocab_size, d.dataset)
-            train_tokenizer_from_dataset(
-                d.dataset, vocab_size=d.vocab_size, model_type=d.tokenizer_model_type, out_dir=own,
-                max_sentences=d.tokenizer_max_sentences, data_dir=d.data_dir or None, path=d.path or None,
-                text_field=d.text_fields[0], split=d.train_split, seed=config.train.seed)
+            with storage.staged(own) as out_dir:
+                train_tokenizer_from_dataset(
+                    d.dataset, vocab_size=d.vocab_size, model_type=d.tokenizer_model_type, out_dir=out_dir,
+                    max_sentences=d.tokenizer_max_sentences, data_dir=d.data_dir or None, path=d.path or None,
+                    text_field=d.text_fields[0], split=d.train_split, seed=config.train.seed)
         distributed.sync("tokenizer")
         return load_tokenizer(own)
     tokenizer = load_tokenizer(tokenizer_source(config))
     if jax.process_index() == 0:
-        tokenizer.save(own)
+        with storage.staged(own) as out_dir:
+            tokenizer.save(out_dir)
     return tokenizer
 
 
@@ -77,9 +80,9 @@ def tokenizer_source(config) -> str:
                          f"{config.model.init_from!r} is not 'hf:DIR', 'hf:ORG/NAME' or 'jaxlm:WORKDIR'")
     if kind == "hf":
         return str(hf.locate(where, f"config.model.init_from={config.model.init_from!r}"))
-    if not pathlib.Path(where).is_dir():
+    if not storage.path(where).is_dir():
         raise FileNotFoundError(f"config.model.init_from={config.model.init_from!r}: no such directory {where}")
-    return str(pathlib.Path(where) / "tokenizer")
+    return os.fspath(storage.path(where) / "tokenizer")
 
 
 def vocab_size(config) -> int:
@@ -124,8 +127,8 @@ def model_config_from(config, vocab_size: int) -> tuple[TransformerConfig, dict 
     return model_config, {p: jax.tree.map(np.asarray, params[p]) for p in parts if p in params}
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(workdir) / "config.json"
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    path = storage.path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; is {workdir} a jaxlm workdir?")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -162,11 +165,11 @@ class Experiment:
         return cls(config, task, model_config, task.label_names(read_data=read_data), mesh, pretrained)
 
     @classmethod
-    def from_workdir(cls, workdir: str | pathlib.Path, overrides: list[str] = ()) -> "Experiment":
+    def from_workdir(cls, workdir: str | os.PathLike, overrides: list[str] = ()) -> "Experiment":
         """The model a workdir holds, as saved, run as this machine prefers: data parallel over its devices
         (`mesh.*` overrides), attention 'auto' for this platform, no rematerialisation. `data.*` overrides say
         what to evaluate (a converted model never had data)."""
-        workdir = pathlib.Path(workdir)
+        workdir = storage.path(workdir)
         config = load_config(workdir)
         config.mesh.update(data=-1, fsdp=1, tensor=1)
         config.model.attention = "auto"
@@ -199,7 +202,7 @@ class Experiment:
         """How the state is laid out: a resume must match it (`model.init_from` converts it)."""
         return {"scan_layers": self.model_config.scan_layers}
 
-    def save_files(self, workdir: pathlib.Path) -> None:
+    def save_files(self, workdir: epath.Path) -> None:
         """config.json, model.json (the architecture) and labels.json: what `from_workdir` reads."""
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2) + "\n")
@@ -242,14 +245,20 @@ class Experiment:
         return self.task.eval_step(self.model, param_shardings, self.mesh)
 
     def evaluate(self, eval_fn, params, examples, batch_size: int) -> dict[str, float]:
-        """One pass over every example exactly once (the last batch padded with weight 0)."""
+        """One pass over every example exactly once (the last batch padded with weight 0), with a progress bar
+        (process 0) that is gone when it ends."""
+        from tqdm import tqdm
+
         index, count = sharding.host_data_shard(self.mesh)
         totals = None
-        with sharding.mesh_context(self.mesh):
+        with sharding.mesh_context(self.mesh), tqdm(total=-(-len(examples) // batch_size), unit="batch",
+                                                    desc="evaluating", leave=False, dynamic_ncols=True,
+                                                    disable=jax.process_index() != 0) as bar:
             for batch in pipeline.eval_batches(examples, batch_size, process_index=index, process_count=count):
                 sums = eval_fn(params, sharding.global_batch(batch, self.mesh))
                 faults.hit("eval")
                 totals = sums if totals is None else metric_sums.merge(totals, sums)
+                bar.update()
         return self.task.summarize(jax.device_get(totals))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import re
 import subprocess
@@ -442,12 +443,14 @@ def save_pretrained(
     return directory
 
 
-def write_model_card(workdir: str | pathlib.Path, out: str | pathlib.Path, architecture: str) -> pathlib.Path:
+def write_model_card(workdir: str | os.PathLike, out: str | pathlib.Path, architecture: str) -> pathlib.Path:
     """OUT/README.md, the Hub's model card of an exported jaxlm workdir: what it was trained on, for how long, from
     what, and its results (results.json), with the metadata the Hub reads (library, tags, datasets, base model)."""
     import jaxlm
 
-    workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+    from jaxlm import storage
+
+    workdir, out = storage.path(workdir), pathlib.Path(out)
     read = lambda name: json.loads((workdir / name).read_text()) if (workdir / name).is_file() else {}  # noqa: E731
     config, results, run = read("config.json"), read("results.json"), read("run.json")
     task, data, model = config.get("task", {}), config.get("data", {}), config.get("model", {})
@@ -460,7 +463,7 @@ def write_model_card(workdir: str | pathlib.Path, out: str | pathlib.Path, archi
     if init_from.startswith("hf:") and not pathlib.Path(init_from[3:]).exists():
         meta.append(f"base_model: {init_from[3:]}")  # a Hub id
     meta.append("---")
-    lines = [*meta, "", f"# {workdir.resolve().name}", "",
+    lines = [*meta, "", f"# {workdir.name}", "",
              f"A `{architecture}` trained with jaxlm {jaxlm.__version__}"
              + (f" (commit {run['git_commit'][:12]}{', with local changes' if run.get('git_dirty') else ''})"
                 if run.get("git_commit") else "")

@@ -16,32 +16,32 @@ from __future__ import annotations
 
 import functools
 import logging
-import pathlib
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm import checkpoint, sharding
+from jaxlm import checkpoint, sharding, storage
 from jaxlm.data import pipeline
 from jaxlm.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
 
-def load(workdir: str | pathlib.Path, *overrides: str) -> "Model":
+def load(workdir: str | os.PathLike, *overrides: str) -> "Model":
     """The best (else latest) parameters of a jaxlm workdir, ready to predict, evaluate and embed. `overrides`:
     'FIELD=VALUE' of config.data.*, config.mesh.* or config.model.attention."""
     return Model(workdir, list(overrides))
 
 
 class Model:
-    def __init__(self, workdir: str | pathlib.Path, overrides: list[str] = ()):
+    def __init__(self, workdir: str | os.PathLike, overrides: list[str] = ()):
         from jaxlm.data.tokenizer import load_tokenizer
 
         if jax.process_count() > 1:
             raise ValueError("jaxlm.load runs in one process (it was started as one of several)")
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = storage.path(workdir)
         self.experiment = exp = Experiment.from_workdir(self.workdir, overrides)
         self.config, self.label_names = exp.config, exp.label_names
         self.tokenizer = load_tokenizer(self.workdir / "tokenizer")

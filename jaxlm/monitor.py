@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
+
+from jaxlm import storage
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +78,13 @@ def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
 class WandbRun:
     """One Weights & Biases run per workdir: its id is run.json's, so a resume continues the same W&B run. It gets
     the config, the scalars TensorBoard gets (x-axis `step`), the samples as a table, and the results as its
-    summary. WANDB_MODE=offline writes it under WORKDIR/wandb for `wandb sync`."""
+    summary. WANDB_MODE=offline writes it under WORKDIR/wandb for `wandb sync` (./wandb for a gs:// workdir)."""
 
     def __init__(self, run):
         self.run = run
 
     @classmethod
-    def start(cls, project: str, workdir: pathlib.Path, run_id: str | None, config) -> "WandbRun | None":
+    def start(cls, project: str, workdir: epath.Path, run_id: str | None, config) -> "WandbRun | None":
         if not project or jax.process_index() != 0:
             return None
         try:
@@ -90,8 +92,8 @@ class WandbRun:
         except ImportError:
             raise ImportError(f"config.train.wandb_project={project!r}: needs wandb (pip install 'jaxlm[wandb]')") \
                 from None
-        run = wandb.init(project=project, dir=str(workdir), id=run_id, resume="allow", reinit="create_new",
-                         name=workdir.resolve().name,
+        run = wandb.init(project=project, dir=None if storage.is_remote(workdir) else str(workdir), id=run_id,
+                         resume="allow", reinit="create_new", name=workdir.name,
                          config=json.loads(config.to_json_best_effort()))
         run.define_metric("*", step_metric="step")  # a resume re-logs steps after its checkpoint: keep them
         return cls(run)
@@ -116,18 +118,19 @@ class WandbRun:
 class Monitor:
     """Writes metrics to TensorBoard, metrics.jsonl, the progress bar (and a W&B run); plots them at the end."""
 
-    def __init__(self, workdir: pathlib.Path, *, total_steps: int, start_step: int, enabled: bool,
+    def __init__(self, workdir: epath.Path, *, total_steps: int, start_step: int, enabled: bool,
                  wandb: WandbRun | None = None):
         self.workdir, self.enabled, self._wandb = workdir, enabled, wandb
-        self._bar = self._tb = self._jsonl = None
+        self._bar = self._tb = self._jsonl = self._samples = None
         if not enabled:
             return
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
         workdir.mkdir(parents=True, exist_ok=True)
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        self._tb_dir = storage.Mirror(workdir / "tensorboard")  # (on gs://, uploaded at each flush)
+        self._tb = SummaryWriter(str(self._tb_dir.local))
+        self._jsonl = storage.Lines(workdir / "metrics.jsonl")
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                          desc=workdir.name)
 
@@ -135,11 +138,11 @@ class Monitor:
         if not self.enabled:
             return
         record = {"step": step, "split": split, "time": time.time(), **metrics}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        self._jsonl.write([json.dumps(record) + "\n"])
         for key, value in metrics.items():
             self._tb.add_scalar(f"{split}/{key}", value, step)
         self._tb.flush()
+        self._tb_dir.sync()
         if self._wandb:
             self._wandb.log(step, split, metrics)
         if split == "train":
@@ -152,8 +155,9 @@ class Monitor:
         """Texts a task made (a rollout's completions), to samples.jsonl and TensorBoard's text tab."""
         if not self.enabled or not records:
             return
-        with open(self.workdir / "samples.jsonl", "a") as f:
-            f.writelines(json.dumps({"step": step, **r}) + "\n" for r in records)
+        if self._samples is None:
+            self._samples = storage.Lines(self.workdir / "samples.jsonl")
+        self._samples.write([json.dumps({"step": step, **r}) + "\n" for r in records])
 
         def cell(v) -> str:  # a markdown table's cell
             return f"{v:.3g}" if isinstance(v, float) else str(v).replace("|", "\\|").replace("\n", " ")
@@ -163,6 +167,7 @@ class Monitor:
                                                                       for r in records)]
         self._tb.add_text("samples", "\n".join(table), step)
         self._tb.flush()
+        self._tb_dir.sync()
         if self._wandb:
             self._wandb.samples(step, records)
 
@@ -179,7 +184,11 @@ class Monitor:
             return
         self._bar.close()
         self._tb.close()
+        self._tb_dir.sync()
+        self._tb_dir.close()
         self._jsonl.close()
+        if self._samples is not None:
+            self._samples.close()
         plot_metrics(self.workdir)
 
     def finish(self, results: dict) -> None:
@@ -188,7 +197,7 @@ class Monitor:
             self._wandb.finish(results)
 
 
-def plot_metrics(workdir: pathlib.Path) -> list[pathlib.Path]:
+def plot_metrics(workdir: epath.Path) -> list[epath.Path]:
     """PNG plots of the loss and accuracy curves (train and eval) from workdir/metrics.jsonl."""
     import matplotlib
 
@@ -216,7 +225,8 @@ def plot_metrics(workdir: pathlib.Path) -> list[pathlib.Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = workdir / f"{kind}.png"
-        fig.savefig(path, dpi=110)
+        with path.open("wb") as f:
+            fig.savefig(f, format="png", dpi=110)
         plt.close(fig)
         written.append(path)
     return written

@@ -14,15 +14,15 @@ import functools
 import json
 import logging
 import os
-import pathlib
 import signal
 import time
 from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 
-from jaxlm import checkpoint, faults, metric_sums, monitor, sharding
+from jaxlm import checkpoint, faults, metric_sums, monitor, sharding, storage
 from jaxlm import workdir as jaxlm_workdir
 from jaxlm.data import pipeline
 from jaxlm.experiment import Experiment, resolve_tokenizer
@@ -41,7 +41,7 @@ class _Stop:
     Ctrl-C keeps Python's default there (a KeyboardInterrupt, no save: one host alone must not stop).
     """
 
-    def __init__(self, workdir: pathlib.Path):
+    def __init__(self, workdir: epath.Path):
         self.requested: str | None = None  # 'preempted' or 'interrupted'
         self._workdir = workdir
         self._multihost = jax.process_count() > 1
@@ -99,18 +99,18 @@ class _Window:
         return summary, bool(host["nonfinite"])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Train per `config` in `workdir`, resuming from its latest checkpoint. Returns the results (results.json):
     step, the last train and eval metrics, test metrics and the baseline at the end, and `stopped` if it stopped
     early ('preempted', 'interrupted', 'nonfinite'). The run holds the workdir: another run on it stops at once."""
-    workdir = pathlib.Path(workdir)
+    workdir = storage.path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise NotADirectoryError(f"--workdir {workdir}: exists and is not a directory")
     with jaxlm_workdir.hold(workdir):
         return _train(config, workdir)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
     changes = jaxlm_workdir.check_resume(config, workdir)  # another experiment, or other settings: refused now
     d, t = config.data, config.train
     tokenizer = resolve_tokenizer(config, workdir)

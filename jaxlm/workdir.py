@@ -8,8 +8,10 @@
 
 The lock is `fcntl.flock` on `<workdir>/run.lock`, taken by process 0 of a multi-host run: the kernel releases it
 when its holder dies, however it dies (a SIGKILLed run never blocks its relaunch). The file keeps the holder's
-host, pid, start time and command, for the message the next run prints. Readers (`evaluate`, `predict`,
-`convert --to-hf`) take no lock: orbax renames a checkpoint into place when it is complete, so they read the
+host, pid, start time and command, for the message the next run prints. On gs:// (no flock there) the lock is a
+lease: an object created only if absent, renewed by its holder every LEASE_S / 4 and deleted at the end; one
+a killed run leaves is taken over LEASE_S after its last renewal. Readers (`evaluate`, `predict`,
+`convert --to-hf`) take no lock: orbax makes a checkpoint a step only when it is complete, so they read the
 newest complete one while a run writes the next.
 
 A resume takes the settings its checkpoints were trained with (config.json of the first launch, never rewritten).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import platform
@@ -29,18 +32,24 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from jaxlm import distributed
+from etils import epath
+
+from jaxlm import distributed, storage
+
+log = logging.getLogger(__name__)
 
 LOCK = "run.lock"
+LEASE_S = 60.0  # a gs:// workdir's lock object not renewed for this long is free (its run died)
 # Fields a resumed run may change: its length, its periodic actions, the devices and how the model runs on them,
 # and where the same data lives. Anything else (data, task, model, optimizer, seed, dtype) is the run itself.
 RESUMABLE = ("config_file", "train.num_steps", "train.num_epochs", "train.stop_after", "train.log_every",
              "train.eval_every", "train.checkpoint_every", "train.keep", "train.on_nonfinite", "train.profile_start",
-             "train.profile_steps", "train.wandb_project", "data.eval_split", "data.test_split", "data.eval_batch_size", "data.data_dir",
-             "model.attention", "model.remat", "mesh.")
+             "train.profile_steps", "train.wandb_project", "data.eval_split", "data.test_split",
+             "data.eval_batch_size", "data.data_dir", "data.workers", "model.attention", "model.remat", "mesh.")
 
 
 class WorkdirInUse(ValueError):
@@ -48,41 +57,104 @@ class WorkdirInUse(ValueError):
 
 
 @contextlib.contextmanager
-def hold(workdir: pathlib.Path) -> Iterator[None]:
+def hold(workdir: epath.Path) -> Iterator[None]:
     """Hold `workdir` for the duration: WorkdirInUse at once if another run holds it."""
     import jax
 
-    fd, busy = None, None
+    release, busy = None, None
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            busy = _holder(fd)
-            os.close(fd)
-            fd = None
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "command": " ".join(sys.argv)}
+        release, busy = (_lease if storage.is_remote(workdir) else _flock)(workdir / LOCK, me)
     if not distributed.all_agree(busy is None):
         raise WorkdirInUse(f"--workdir {workdir}: in use by another run ({busy or 'process 0 cannot lock it'}); "
                            "wait for it to end or stop it, or use another --workdir")
     try:
-        if fd is not None:
-            holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                      "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield
     finally:
-        if fd is not None:
-            os.ftruncate(fd, 0)  # (a stale holder is never named; the lock itself dies with the process)
-            os.close(fd)
+        if release is not None:
+            release()
 
 
-def _holder(fd: int) -> str:
+def _flock(lock: epath.Path, me: dict) -> tuple[Callable[[], None] | None, str | None]:
+    """(release, None) holding `lock` with flock, or (None, who holds it)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        h = json.loads(os.pread(fd, 4096, 0).decode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        busy = _describe(os.pread(fd, 4096, 0))
+        os.close(fd)
+        return None, busy
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+
+    def release():
+        os.ftruncate(fd, 0)  # (a stale holder is never named; the lock itself dies with the process)
+        os.close(fd)
+
+    return release, None
+
+
+def _lease(lock: epath.Path, me: dict) -> tuple[Callable[[], None] | None, str | None]:
+    """(release, None) holding the lease object `lock` on GCS, or (None, who holds it).
+
+    The object is created only if absent (generation precondition 0), renewed every LEASE_S / 4 by a thread, each
+    renewal conditional on the generation this run wrote last, and deleted at the end. A lease not renewed for
+    LEASE_S (its holder died) is taken over, conditionally on its generation: of two runs taking it, one wins."""
+    from google.api_core import exceptions
+    from google.cloud import storage as gcs
+
+    bucket, name = storage.bucket_and_name(lock)
+    blob = gcs.Client().bucket(bucket).blob(name)
+
+    def put(generation: int) -> int:
+        blob.upload_from_string(json.dumps({**me, "renewed": time.time()}), if_generation_match=generation)
+        return blob.generation
+
+    try:
+        generation = put(0)
+    except exceptions.PreconditionFailed:
+        held = blob.bucket.get_blob(name)
+        text = held.download_as_bytes() if held is not None else b""
+        try:
+            age = time.time() - json.loads(text)["renewed"]
+        except (ValueError, KeyError):  # not a lease jaxlm wrote: its age is the object's
+            age = time.time() - held.updated.timestamp() if held is not None and held.updated else 0.0
+        if held is not None and age < LEASE_S:
+            return None, f"{_describe(text)}; its lease {lock} was renewed {age:.0f} s ago"
+        try:
+            generation = put(held.generation if held is not None else 0)
+            log.warning("took over the workdir lock %s, not renewed for %.0f s (its run died)", lock, age)
+        except exceptions.PreconditionFailed:
+            return None, "another run took over its lapsed lease just now"
+    stop = threading.Event()
+
+    def renew():
+        nonlocal generation
+        while not stop.wait(LEASE_S / 4):
+            try:
+                generation = put(generation)
+            except Exception as e:  # noqa: BLE001 - the run goes on; the next renewal tries again
+                log.error("cannot renew the workdir lock %s: %s", lock, e)
+
+    renewer = threading.Thread(target=renew, name="jaxlm-workdir-lease", daemon=True)
+    renewer.start()
+
+    def release():
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(exceptions.GoogleAPICallError):
+            blob.delete(if_generation_match=generation)
+
+    return release, None
+
+
+def _describe(holder: bytes) -> str:
+    try:
+        h = json.loads(holder.decode())
         return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
-    except (ValueError, KeyError, OSError):
+    except (ValueError, KeyError):
         return "starting"  # it holds the lock, and has not written who it is yet
 
 
@@ -103,7 +175,7 @@ def _as_saved(config) -> dict[str, Any]:
     return _flat(json.loads(config.to_json_best_effort()))
 
 
-def check_resume(config, workdir: pathlib.Path) -> dict[str, list]:
+def check_resume(config, workdir: epath.Path) -> dict[str, list]:
     """{field: [saved, now]} of the resumable settings this run changes, when `workdir` holds checkpoints of an
     earlier launch ({} when it holds none). Another experiment (task, data) or other settings are refused with
     the fields named. Fields the saved config lacks (added to jaxlm since) are not compared."""
@@ -155,7 +227,7 @@ def run_info(config) -> dict:
     }
 
 
-def record_start(workdir: pathlib.Path, config) -> str | None:
+def record_start(workdir: epath.Path, config) -> str | None:
     """run.json of a fresh run (process 0): its id, its launch, and the resumes to come. Returns the id."""
     import jax
 
@@ -166,7 +238,7 @@ def record_start(workdir: pathlib.Path, config) -> str | None:
     return run_id
 
 
-def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, list]) -> str | None:
+def record_resume(workdir: epath.Path, config, step: int, changes: dict[str, list]) -> str | None:
     """Append this launch to run.json's resumes: its step, commit, versions, devices and changed settings.
     Returns the run's id (process 0)."""
     import jax
@@ -184,8 +256,5 @@ def record_resume(workdir: pathlib.Path, config, step: int, changes: dict[str, l
     return record["id"]
 
 
-def _write(path: pathlib.Path, content: dict) -> None:
-    """Whole or not at all: a kill mid-write leaves the previous file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+def _write(path: epath.Path, content: dict) -> None:
+    storage.write_whole(path, json.dumps(content, indent=2) + "\n")

@@ -308,6 +308,19 @@ def test_tokenising_in_worker_processes_gives_the_same_corpus(tokenizer, documen
     assert one.num_documents == 300 and len(one.segment_offsets) > 1000
 
 
+def test_the_corpus_is_tokenised_on_all_cores_unless_the_config_says_how_many():
+    import os
+
+    from jaxlm import config as jaxlm_config
+    from jaxlm import tasks
+
+    c = jaxlm_config.load("experiments/demo_cpu.py:pretrain")
+    assert tasks.create(c).workers() == len(os.sched_getaffinity(0))
+    assert tasks.create(jaxlm_config.override(c, ["data.workers=3"])).workers() == 3
+    with pytest.raises(ValueError, match=r"config.data.workers=-2: expected a number of processes, or 0 for all"):
+        tasks.create(jaxlm_config.override(c, ["data.workers=-2"])).workers()
+
+
 def test_examples_are_cached_and_deterministic(tokenizer, documents, tmp_path):
     spec = pretraining.PretrainingSpec(max_seq_length=64, max_predictions_per_seq=10)
     build = lambda seed: pretraining.pretraining_examples(

@@ -3,7 +3,7 @@
 
     python tpu/tpu.py create --name N --zone Z --project P --accelerator v5litepod-16 [--spot] [--queued]
     python tpu/tpu.py setup  --name N --zone Z --project P [--bucket B]     # jaxlm on every worker
-    python tpu/tpu.py launch --name N --zone Z --project P --run R -- pretrain --config ... --workdir /gcs/B/R
+    python tpu/tpu.py launch --name N --zone Z --project P --run R -- pretrain --config ... --workdir gs://B/R
     python tpu/tpu.py logs   --name N --zone Z --project P --run R [--follow] [--worker 0]
     python tpu/tpu.py watch  --name N ... --accelerator ... --run R -- ...  # relaunch after a preemption
     python tpu/tpu.py copy   --name N --zone Z --project P --run R --workdir gs://B/R --to DIR
@@ -15,8 +15,8 @@ standard library and the gcloud CLI are needed on the machine you launch from.
 
 The run is `jaxlm ARGS...` started on every worker in the background (`nohup`, its own session), its output
 in ~/runs/R.log on each worker and its exit status in ~/runs/R.exit. jaxlm joins the workers itself
-(jax.distributed finds them on a TPU VM). Its workdir must outlive the VM: a Cloud Storage bucket that `setup`
-mounts with gcsfuse at /gcs/BUCKET on every worker. A spot or preemptible slice that is preempted is deleted
+(jax.distributed finds them on a TPU VM). Its workdir must outlive the VM: gs://BUCKET/RUN, which jaxlm writes
+itself, or /gcs/BUCKET/RUN, where `setup --bucket` mounts it with gcsfuse on every worker (what a sweep needs). A spot or preemptible slice that is preempted is deleted
 and created again by `watch`, set up, and the same command launched: jaxlm resumes from the workdir's last
 checkpoint. A run stopped by SIGTERM on a live VM (maintenance) is launched again in place.
 """

@@ -67,19 +67,29 @@ def document_segments(text: str, split: bool) -> list[str]:
 
 
 def tokenize_documents(
-    texts: Iterable[str], tokenizer, split: bool, *, workers: int = 1, chunk_size: int = records.CHUNK
+    texts: Iterable[str], tokenizer, split: bool, *, workers: int = 1, chunk_size: int = records.CHUNK,
+    total: int | None = None, progress: bool = False,
 ) -> Corpus:
     """Documents -> segments -> token ids with word starts, `chunk_size` documents at a time.
 
-    With workers > 1 the chunks are tokenised in that many processes; the corpus is the same.
+    With workers > 1 the chunks are tokenised in that many processes; the corpus is the same. `progress`: a bar
+    of documents (of `total`) with their rate and the time left.
     """
+    from tqdm import tqdm
+
     texts = iter(texts)
     chunks = iter(lambda: list(itertools.islice(texts, chunk_size)), [])
     if workers > 1:
         parts = _map_in_processes(chunks, workers, tokenizer, split)
     else:
         parts = (_tokenize_chunk(chunk, tokenizer, split) for chunk in chunks)
-    parts = list(parts)
+    with tqdm(total=total, unit="doc", unit_scale=True, dynamic_ncols=True, disable=not progress,
+              desc=f"tokenising ({workers} process{'es' if workers > 1 else ''})") as bar:
+        done = []
+        for part in parts:
+            done.append(part)
+            bar.update(len(part[3]))  # (its documents)
+    parts = done
 
     def column(i: int, dtype) -> np.ndarray:
         return np.concatenate([np.zeros(0, dtype), *(part[i] for part in parts)])
@@ -295,17 +305,21 @@ def pretraining_examples(
     cache_dir: str | None = None,
     name: str | None = None,
     workers: int = 1,
+    progress: bool = False,
 ) -> PretrainingExamples:
     """Pretraining examples of a random-access source of documents (records with a `text_field`).
 
     The corpus and the instances are built once per (source, tokenizer, spec, seed) and cached under
     cache_dir (memory-mapped afterwards); `name` (e.g. 'wikipedia/20230601.en:train') is part of the key,
     beside what `array_cache.source_fingerprint` reads off the source.
-    `workers` processes tokenise (the result does not depend on their number).
+    `workers` processes tokenise (the result does not depend on their number; a corpus of one chunk is tokenised
+    in this process), with a progress bar when `progress`.
     """
     def build() -> dict[str, np.ndarray]:
         texts = (records.as_text(records.field(r, text_field)) for r in records.iter_records(source))
-        corpus = tokenize_documents(texts, tokenizer, spec.split_sentences, workers=workers)
+        corpus = tokenize_documents(texts, tokenizer, spec.split_sentences,
+                                    workers=min(workers, -(-len(source) // records.CHUNK)), total=len(source),
+                                    progress=progress)
         if spec.packed:
             instances = pack_documents(corpus, spec.max_seq_length)
         else:

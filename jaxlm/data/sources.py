@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
+from jaxlm import storage
 from jaxlm.data.builders import BUILDERS
 
 __all__ = ["BUILDERS", "default_data_dir", "prepare", "open_source", "class_names"]
@@ -72,7 +73,7 @@ def prepare(
     return builder
 
 
-def _tfds_source(name: str, split: str, data_dir: pathlib.Path, builder_kwargs: dict):
+def _tfds_source(name: str, split: str, data_dir: os.PathLike, builder_kwargs: dict):
     def load():
         return tfds.data_source(name, split=split, data_dir=str(data_dir), builder_kwargs=builder_kwargs or None)
 
@@ -112,7 +113,7 @@ def open_source(
     if path is not None:
         raise ValueError(f"`path` is for jaxlm's builders (local_text, local_classification, local_preferences, "
                          f"sentiment_ratings), not {name!r}")
-    return _tfds_source(name, split, pathlib.Path(data_dir or default_data_dir()).expanduser(), builder_kwargs)
+    return _tfds_source(name, split, storage.path(data_dir or default_data_dir()), builder_kwargs)  # (gs:// too)
 
 
 def class_names(source, label_field: str = "label") -> list[str]:

@@ -26,7 +26,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 import tokenizers
+from tqdm import tqdm
 
+from jaxlm import storage
 from jaxlm.data import records, sources
 from jaxlm.data.sentences import split_sentences
 
@@ -301,11 +303,14 @@ def train_tokenizer_from_dataset(
     source = sources.open_source(dataset, split, data_dir=data_dir, path=path, **builder_kwargs)
     order = np.random.default_rng(seed).permutation(len(source))
     sentences: list[str] = []
-    for start in range(0, len(order), 256):
-        for example in source.__getitems__(order[start : start + 256].tolist()):
-            sentences.extend(split_sentences(records.as_text(records.field(example, text_field))))
-        if len(sentences) >= max_sentences:
-            break
+    with tqdm(total=len(order), unit="doc", unit_scale=True, dynamic_ncols=True, leave=False,
+              desc=f"reading {dataset} for the tokenizer (up to {max_sentences:,} sentences)") as bar:
+        for start in range(0, len(order), 256):
+            for example in source.__getitems__(order[start : start + 256].tolist()):
+                sentences.extend(split_sentences(records.as_text(records.field(example, text_field))))
+            bar.update(min(256, len(order) - start))
+            if len(sentences) >= max_sentences:
+                break
     described = {"dataset": dataset, "split": split, "text_field": text_field}
     return _train(sentences[:max_sentences], vocab_size=vocab_size, model_type=model_type,
                   out_dir=out_dir, source=described, seed=seed)
@@ -433,7 +438,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         """BPE merges learned from `texts` over the 256 byte symbols, <|endoftext|> at id 0."""
         tok = _byte_level(tokenizers.models.BPE())
         trainer = tokenizers.trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=[EOS_PIECE], show_progress=False,
+            vocab_size=vocab_size, special_tokens=[EOS_PIECE], show_progress=True,
             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(texts, trainer)
         return cls(tok)
@@ -492,14 +497,16 @@ class ByteLevelBPETokenizer(Tokenizer):
 
 
 def saved_in(directory: str | os.PathLike) -> bool:
-    """Whether `directory` holds a tokenizer `load_tokenizer` reads."""
-    directory = pathlib.Path(directory)
+    """Whether `directory` (a local or gs:// one) holds a tokenizer `load_tokenizer` reads."""
+    directory = storage.path(directory)
     return any((directory / f).is_file() for f in (SPM_MODEL, WORDPIECE_VOCAB, HF_TOKENIZER_JSON, BPE_MERGES))
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """The tokenizer saved in directory `path`: jaxlm's SentencePiece (spm.model), a HF WordPiece vocab.txt, or a
-    byte-level BPE (tokenizer.json, or vocab.json + merges.txt)."""
+    byte-level BPE (tokenizer.json, or vocab.json + merges.txt). A gs:// directory is downloaded first."""
+    if storage.is_remote(path) and storage.path(path).is_dir():
+        path = storage.local(path)
     directory = pathlib.Path(path)
     if (directory / SPM_MODEL).is_file():
         return SentencePieceTokenizer.load(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -35,7 +36,7 @@ class Pretrain(Task):
         )
         return pretraining_examples(
             source, text_field=d.text_fields[0], tokenizer=tokenizer, spec=spec, seed=self.config.train.seed,
-            **self.cache(split),
+            workers=self.workers(), progress=jax.process_index() == 0, **self.cache(split),
         )
 
     def batch_spec(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], str]]:

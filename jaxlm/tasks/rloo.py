@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm import monitor, sharding, steps
+from jaxlm import monitor, sharding, steps, storage
 from jaxlm.models import gpt
 from jaxlm.tasks.reference import frozen_decoder
 from jaxlm.tasks.task import Task
@@ -162,7 +161,7 @@ class RLOO(Task):
         from jaxlm.experiment import load_config
 
         t = self.config.task
-        where = pathlib.Path(t.reward_model)
+        where = storage.path(t.reward_model)
         kind = load_config(where).task.name if (where / "config.json").is_file() else None
         if kind != "reward":
             found = f"holds task {kind!r}" if kind else "is no jaxlm workdir (it has no config.json)"

@@ -33,6 +33,7 @@ scoring and updating, and its evaluation one that generates and scores. The defa
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, ClassVar
 
 import jax
@@ -72,6 +73,13 @@ class Task:
         d = self.config.data
         return {"cache_dir": str(sources.default_data_dir().parent / "examples"),
                 "name": f"{d.dataset}:{d.path}:{split}"}
+
+    def workers(self) -> int:
+        """How many processes tokenise a corpus on this host: config.data.workers, 0 = all its cores."""
+        workers = self.config.data.workers
+        if workers < 0:
+            raise ValueError(f"config.data.workers={workers}: expected a number of processes, or 0 for all cores")
+        return workers or len(os.sched_getaffinity(0))
 
     def examples(self, tokenizer, split: str):
         raise NotImplementedError
