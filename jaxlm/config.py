@@ -123,7 +123,9 @@ def base() -> ml_collections.ConfigDict:
         vocab_size=30522,  # of a tokenizer jaxlm trains
         tokenizer_model_type="unigram",  # SentencePiece's 'unigram' or 'bpe', or 'byte_bpe' (GPT-2's byte-level BPE)
         tokenizer_max_sentences=1_000_000,
-        workers=0,  # processes tokenising a pretraining corpus, per host; 0 = all its cores (same result for any)
+        # processes tokenising a pretraining corpus, per host; 0 = all its cores (the same corpus for any number).
+        # They import the script that started jaxlm: one calling jaxlm at its top level needs `if __name__ == ...`
+        workers=0,
         batch_size=256,  # global, over all hosts and devices (reward: pairs)
         eval_batch_size=256,
         buckets=(),  # classification: pad each batch to the smallest of these lengths that fits

@@ -16,7 +16,9 @@ import concurrent.futures
 import dataclasses
 import itertools
 import multiprocessing
+import os
 import random
+import sys
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -64,6 +66,11 @@ def document_segments(text: str, split: bool) -> list[str]:
     if split:
         return split_sentences(text)
     return [line for line in (raw.strip() for raw in text.splitlines()) if line]
+
+
+# Starting a tokenising process (spawn, imports, the tokenizer sent over) costs what tokenising ~16k documents of
+# the embedded corpus does on one core (benchmarks/input_stream.py): fewer per process than this is slower.
+MIN_DOCUMENTS_PER_WORKER = 16 * records.CHUNK
 
 
 def tokenize_documents(
@@ -121,6 +128,7 @@ _worker_state: tuple = ()  # (tokenizer, split) in a tokenising worker process
 
 def _init_worker(tokenizer, split: bool) -> None:
     global _worker_state
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism: no thread pool in each
     _worker_state = (tokenizer, split)
 
 
@@ -130,15 +138,24 @@ def _worker_chunk(chunk: list[str]) -> tuple[np.ndarray, ...]:
 
 def _map_in_processes(chunks: Iterator[list[str]], workers: int, tokenizer, split: bool) -> Iterator[tuple]:
     """_tokenize_chunk of each chunk in worker processes, in order, with a bounded number in flight."""
+    # A started process imports the script that started jaxlm: one that trains at its top level would train again
+    # in each worker. That worker stops at once here; the pool is then broken, which the parent reports.
+    unguarded = (f"config.data.workers={workers}: tokenising in worker processes imports {sys.argv[0]} in each; "
+                 "put its top level under `if __name__ == '__main__':` (or set config.data.workers=1)")
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # (a process still starting up)
+        raise RuntimeError(unguarded)
     context = multiprocessing.get_context("spawn")  # fork is unsafe once jax's threads run
-    with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, (tokenizer, split)) as pool:
-        pending = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_worker_chunk, chunk))
-            if len(pending) >= 2 * workers:
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, (tokenizer, split)) as pool:
+            pending = collections.deque()
+            for chunk in chunks:
+                pending.append(pool.submit(_worker_chunk, chunk))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    except concurrent.futures.process.BrokenProcessPool as e:
+        raise RuntimeError(unguarded) from e
 
 
 def create_pairs(corpus: Corpus, max_seq_length: int, short_seq_prob: float, seed: int) -> dict[str, np.ndarray]:
@@ -312,13 +329,15 @@ def pretraining_examples(
     The corpus and the instances are built once per (source, tokenizer, spec, seed) and cached under
     cache_dir (memory-mapped afterwards); `name` (e.g. 'wikipedia/20230601.en:train') is part of the key,
     beside what `array_cache.source_fingerprint` reads off the source.
-    `workers` processes tokenise (the result does not depend on their number; a corpus of one chunk is tokenised
-    in this process), with a progress bar when `progress`.
+    `workers` processes tokenise (the result does not depend on their number), at most one per
+    MIN_DOCUMENTS_PER_WORKER documents (a small corpus is tokenised in this process), with a progress bar when
+    `progress`.
     """
     def build() -> dict[str, np.ndarray]:
         texts = (records.as_text(records.field(r, text_field)) for r in records.iter_records(source))
         corpus = tokenize_documents(texts, tokenizer, spec.split_sentences,
-                                    workers=min(workers, -(-len(source) // records.CHUNK)), total=len(source),
+                                    workers=max(1, min(workers, len(source) // MIN_DOCUMENTS_PER_WORKER)),
+                                    total=len(source),
                                     progress=progress)
         if spec.packed:
             instances = pack_documents(corpus, spec.max_seq_length)
