@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm import storage
 from jaxlm.models import bert, gpt
 from jaxlm.models.transformer import TransformerConfig, layer_layout
 
@@ -447,8 +448,6 @@ def write_model_card(workdir: str | os.PathLike, out: str | pathlib.Path, archit
     """OUT/README.md, the Hub's model card of an exported jaxlm workdir: what it was trained on, for how long, from
     what, and its results (results.json), with the metadata the Hub reads (library, tags, datasets, base model)."""
     import jaxlm
-
-    from jaxlm import storage
 
     workdir, out = storage.path(workdir), pathlib.Path(out)
     read = lambda name: json.loads((workdir / name).read_text()) if (workdir / name).is_file() else {}  # noqa: E731

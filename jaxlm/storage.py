@@ -53,7 +53,7 @@ def path(p: str | os.PathLike) -> epath.Path:
     return epath.Path(pathlib.Path(p).expanduser().absolute())
 
 
-def write_whole(p: epath.Path, text: str) -> None:
+def write_whole(p: epath.Path | pathlib.Path, text: str) -> None:
     """Whole or not at all: a kill mid-write leaves the previous file."""
     if is_remote(p):
         p.write_text(text)

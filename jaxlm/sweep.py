@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from jaxlm import config as jaxlm_config
+from jaxlm import storage
 from jaxlm import workdir as jaxlm_workdir
 
 KEYS = {"variant", "grid", "random", "num_random", "random_seed", "seeds", "metric", "mode"}
@@ -174,9 +175,7 @@ class Trial:
     def _write(self, status: str, code: int | None = None) -> None:
         record = {"name": self.name, "fields": self.fields, "seed": self.seed, "status": status,
                   "returncode": code, "seconds": round(time.time() - self.started, 1), "command": self.command}
-        tmp = self.dir / "trial.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.rename(self.dir / "trial.json")  # whole for whoever reads it meanwhile
+        storage.write_whole(self.dir / "trial.json", json.dumps(record, indent=2) + "\n")  # whole for any reader
 
 
 def run(config_file: str, workdir: str | pathlib.Path, *, parallel: int = 1, overrides: list[str] = (),

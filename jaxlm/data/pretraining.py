@@ -139,23 +139,19 @@ def _worker_chunk(chunk: list[str]) -> tuple[np.ndarray, ...]:
 def _map_in_processes(chunks: Iterator[list[str]], workers: int, tokenizer, split: bool) -> Iterator[tuple]:
     """_tokenize_chunk of each chunk in worker processes, in order, with a bounded number in flight."""
     # A started process imports the script that started jaxlm: one that trains at its top level would train again
-    # in each worker. That worker stops at once here; the pool is then broken, which the parent reports.
-    unguarded = (f"config.data.workers={workers}: tokenising in worker processes imports {sys.argv[0]} in each; "
-                 "put its top level under `if __name__ == '__main__':` (or set config.data.workers=1)")
+    # in each worker. Such a worker stops here with the line below (its parent may wait on it: spawn's limit).
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # (a process still starting up)
-        raise RuntimeError(unguarded)
+        raise RuntimeError(f"config.data.workers={workers}: tokenising in worker processes imports {sys.argv[0]} "
+                           "in each; put its top level under `if __name__ == '__main__':` (or data.workers=1)")
     context = multiprocessing.get_context("spawn")  # fork is unsafe once jax's threads run
-    try:
-        with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, (tokenizer, split)) as pool:
-            pending = collections.deque()
-            for chunk in chunks:
-                pending.append(pool.submit(_worker_chunk, chunk))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
+    with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, (tokenizer, split)) as pool:
+        pending = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_worker_chunk, chunk))
+            if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
-    except concurrent.futures.process.BrokenProcessPool as e:
-        raise RuntimeError(unguarded) from e
+        while pending:
+            yield pending.popleft().result()
 
 
 def create_pairs(corpus: Corpus, max_seq_length: int, short_seq_prob: float, seed: int) -> dict[str, np.ndarray]:

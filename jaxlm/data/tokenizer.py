@@ -505,9 +505,7 @@ def saved_in(directory: str | os.PathLike) -> bool:
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """The tokenizer saved in directory `path`: jaxlm's SentencePiece (spm.model), a HF WordPiece vocab.txt, or a
     byte-level BPE (tokenizer.json, or vocab.json + merges.txt). A gs:// directory is downloaded first."""
-    if storage.is_remote(path) and storage.path(path).is_dir():
-        path = storage.local(path)
-    directory = pathlib.Path(path)
+    directory = storage.local(path)
     if (directory / SPM_MODEL).is_file():
         return SentencePieceTokenizer.load(directory)
     if (directory / WORDPIECE_VOCAB).is_file():

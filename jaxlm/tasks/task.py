@@ -79,7 +79,7 @@ class Task:
         workers = self.config.data.workers
         if workers < 0:
             raise ValueError(f"config.data.workers={workers}: expected a number of processes, or 0 for all cores")
-        return workers or len(os.sched_getaffinity(0))
+        return workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
     def examples(self, tokenizer, split: str):
         raise NotImplementedError
